@@ -1,0 +1,164 @@
+"""The `kaito-gitops` command line: validate, plan, render, run, status.
+
+Exit codes: 0 no errors, 1 findings with errors (or a failed plan), 2 usage or internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .findings import format_findings
+from .loading import MAX_FILE_BYTES
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--namespace",
+        default=os.environ.get("KAITO_GITOPS_NAMESPACE", "default"),
+        help="namespace for workspaces that do not set metadata.namespace (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-file-bytes", type=int, default=MAX_FILE_BYTES, help="refuse YAML files larger than this"
+    )
+
+
+def _load(paths: list[str], args, target: str | None = None, base_rev: str | None = None):
+    from .source.tree import disk_files
+    from .validation import validate_sources
+
+    for p in paths:
+        if not os.path.exists(p):
+            raise UsageError(f"{p}: no such file or directory")
+    base = None
+    if base_rev:
+        base = _load_base(paths, base_rev, args)
+    files = list(disk_files(paths, args.max_file_bytes))
+    return validate_sources(
+        files, namespace=args.namespace, target=target, base=base, max_file_bytes=args.max_file_bytes
+    )
+
+
+def _load_base(paths: list[str], rev: str, args):
+    """The same paths as they were at git revision `rev`."""
+    import git
+
+    from .source.tree import repo_root, revision_files
+    from .validation import validate_sources
+
+    root = repo_root(paths[0])
+    if root is None:
+        raise UsageError(f"--base needs a git repository, and {paths[0]} is not inside one")
+    repo = git.Repo(root)
+    try:
+        repo.commit(rev)
+    except (git.BadName, ValueError) as e:
+        raise UsageError(f"--base {rev}: not a revision of {root} ({e})") from None
+    prefixes = []
+    for p in paths:
+        rel = os.path.relpath(os.path.abspath(p), root)
+        prefixes.append("" if rel == "." else rel.replace(os.sep, "/"))
+    cwd_rel = os.path.relpath(root, os.getcwd())
+    files = []
+    for path, data in revision_files(repo, rev, [p for p in prefixes if p], args.max_file_bytes):
+        display = os.path.normpath(os.path.join(cwd_rel, path)) if cwd_rel != "." else path
+        files.append((display, data))
+    return validate_sources(files, namespace=args.namespace, max_file_bytes=args.max_file_bytes)
+
+
+# --------------------------------------------------------------------------------------
+# validate
+# --------------------------------------------------------------------------------------
+
+
+def cmd_validate(args) -> int:
+    rev = _load(args.paths, args, target=args.target, base_rev=args.base)
+    findings = rev.findings
+    if args.quiet:
+        findings = [f for f in findings if f.is_error]
+    out = format_findings(findings, args.format)
+    if out:
+        print(out)
+    errors = sum(f.is_error for f in rev.findings)
+    warnings = len(rev.findings) - errors
+    if args.format == "text":
+        print(
+            f"{len(rev.files)} file(s), {len(rev.workspaces)} workspace(s): {errors} error(s), {warnings} warning(s)",
+            file=sys.stderr,
+        )
+    return EXIT_FINDINGS if errors else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaito-gitops",
+        description="GitOps for Kaito Workspaces: validate, plan and render them, or run the daemon.",
+    )
+    parser.add_argument("--version", action="version", version=f"kaito-gitops {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check workspace files: YAML, schema, Kaito's rules, sizing")
+    p.add_argument("paths", nargs="*", default=["."], help="files or folders (recursing into *.yaml, *.yml)")
+    p.add_argument("--format", choices=["text", "json", "github"], default="text")
+    p.add_argument(
+        "--base", metavar="REV", help="also report changes Kaito would refuse since git revision REV"
+    )
+    p.add_argument(
+        "--target",
+        choices=["kubernetes", "local", "render"],
+        help="where the workspaces will run (hostPath volumes are for the local target only)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    _add_common(p)
+    p.set_defaults(func=cmd_validate)
+
+    _register_later_commands(sub)
+    return parser
+
+
+def _register_later_commands(sub) -> None:
+    """plan, render, run and status live in their own modules to keep imports lazy."""
+    from . import cli_commands
+
+    cli_commands.register(sub, _add_common)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"kaito-gitops: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug: say so plainly, never dump a traceback at users
+        if os.environ.get("KAITO_GITOPS_DEBUG"):
+            raise
+        print(
+            f"kaito-gitops: internal error: {type(e).__name__}: {e} (set KAITO_GITOPS_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["Path", "main"]

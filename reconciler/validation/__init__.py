@@ -1,0 +1,151 @@
+"""Validation in layers: YAML -> schema -> semantics -> repository -> between revisions.
+
+`validate_sources` is a pure function of file contents: the CLI feeds it files from disk,
+the daemon feeds it blobs from a git revision, and both get the same findings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..catalog import Catalog, load_catalog
+from ..findings import Finding, Severity
+from ..loading import Document, load_text
+from ..workspace import ConfigMap, Workspace
+from .changes import check_changes
+from .rules import Context, check_workspace
+from .schema import check_schema
+
+WorkspaceKey = tuple[str, str]
+
+
+@dataclass
+class Revision:
+    """Everything read from one set of files: workspaces, config maps and what is wrong with them."""
+
+    workspaces: list[Workspace] = field(default_factory=list)
+    configmaps: dict[WorkspaceKey, ConfigMap] = field(default_factory=dict)
+    file_findings: list[Finding] = field(default_factory=list)  # not tied to one workspace
+    workspace_findings: dict[int, list[Finding]] = field(default_factory=dict)  # by id(workspace)
+    files: list[str] = field(default_factory=list)
+    unreadable_files: set[str] = field(default_factory=set)  # YAML so broken nothing could be read
+
+    def findings_of(self, ws: Workspace) -> list[Finding]:
+        return self.workspace_findings.get(id(ws), [])
+
+    def is_valid(self, ws: Workspace) -> bool:
+        return not any(f.is_error for f in self.findings_of(ws))
+
+    @property
+    def findings(self) -> list[Finding]:
+        out = list(self.file_findings)
+        for fs in self.workspace_findings.values():
+            out.extend(fs)
+        return sorted(set(out), key=lambda f: (f.path, f.line, f.col, f.rule, f.message))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(f.is_error for f in self.findings)
+
+    def by_key(self) -> dict[WorkspaceKey, Workspace]:
+        """Workspaces by (namespace, name); a duplicated key keeps the first (both carry an error)."""
+        out: dict[WorkspaceKey, Workspace] = {}
+        for ws in self.workspaces:
+            out.setdefault(ws.key, ws)
+        return out
+
+    def valid_workspaces(self) -> dict[WorkspaceKey, Workspace]:
+        return {k: ws for k, ws in self.by_key().items() if self.is_valid(ws)}
+
+
+def _other_document(doc: Document) -> Finding | None:
+    what = f"{doc.api_version or '?'} {doc.kind or '?'}"
+    if doc.kind == "Secret":
+        return doc.finding(
+            ("kind",),
+            "document-ignored",
+            "Secrets do not belong in git and kaito-gitops never applies them; create this Secret in "
+            "the cluster (kubectl, or an external secret store) and remove it from the repository",
+            Severity.WARNING,
+        )
+    if not doc.kind or not doc.api_version:
+        return doc.finding(
+            (), "document-ignored", "not a Kubernetes object (no apiVersion/kind); ignored", Severity.WARNING
+        )
+    return doc.finding(
+        ("kind",),
+        "document-ignored",
+        f"kaito-gitops manages Workspaces (and the ConfigMaps they name); this {what} is ignored",
+        Severity.WARNING,
+    )
+
+
+def validate_sources(
+    files: Iterable[tuple[str, bytes]],
+    *,
+    namespace: str = "default",
+    target: str | None = None,
+    catalog: Catalog | None = None,
+    base: Revision | None = None,
+    max_file_bytes: int | None = None,
+) -> Revision:
+    """Load and validate files given as (display path, bytes)."""
+    catalog = catalog or load_catalog()
+    rev = Revision()
+    ws_docs: list[Workspace] = []
+    for path, raw in files:
+        rev.files.append(path)
+        loaded = load_text(path, raw) if max_file_bytes is None else load_text(path, raw, max_file_bytes)
+        rev.file_findings.extend(loaded.findings)
+        if not loaded.documents and any(f.is_error for f in loaded.findings):
+            rev.unreadable_files.add(path)
+        for doc in loaded.documents:
+            if not isinstance(doc.data, dict):
+                rev.file_findings.append(
+                    doc.finding(
+                        (),
+                        "document-ignored",
+                        "a YAML document that is not a mapping; ignored",
+                        Severity.WARNING,
+                    )
+                )
+                continue
+            if doc.kind == "Workspace":
+                ws = Workspace.read(doc, namespace)
+                ws_docs.append(ws)
+                rev.workspace_findings[id(ws)] = check_schema(doc)
+            elif doc.kind == "ConfigMap" and doc.api_version == "v1":
+                rev.file_findings.extend(check_schema(doc))
+                cm = ConfigMap.read(doc, namespace)
+                if cm.name:
+                    rev.configmaps[cm.key] = cm
+            else:
+                rev.file_findings.append(_other_document(doc))
+    ctx = Context(catalog=catalog, configmaps=rev.configmaps, target=target)
+    first: dict[WorkspaceKey, Workspace] = {}
+    for ws in ws_docs:
+        rev.workspaces.append(ws)
+        rev.workspace_findings[id(ws)].extend(check_workspace(ws, ctx))
+        if ws.name:
+            other = first.setdefault(ws.key, ws)
+            if other is not ws:
+                for a, b in ((ws, other), (other, ws)):
+                    line, _ = b.document.positions.value(("metadata", "name"))
+                    rev.workspace_findings[id(a)].append(
+                        a.document.finding(
+                            ("metadata", "name"),
+                            "workspace-duplicate",
+                            f"workspace {ws.namespace}/{ws.name} is also defined in {b.path}:{line}; each workspace must "
+                            "live in one file",
+                        )
+                    )
+    if base is not None:
+        old = base.by_key()
+        for ws in rev.workspaces:
+            if ws.key in old:
+                rev.workspace_findings[id(ws)].extend(check_changes(old[ws.key], ws))
+    return rev
+
+
+__all__ = ["Revision", "WorkspaceKey", "validate_sources"]

