@@ -1,7 +1,153 @@
-"""Subcommands beyond validate: plan, render, run, status (filled in as they are built)."""
+"""Subcommands beyond validate: plan and render (run and status register from their modules)."""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
+
+def _settings(args, revision: str = ""):
+    from .render.common import RenderSettings
+
+    return RenderSettings(
+        inference_image=args.inference_image,
+        tuning_image=args.tuning_image,
+        image_pull_secrets=tuple(args.image_pull_secret or ()),
+        revision=revision,
+    )
+
+
+def _head_revision(paths: list[str]) -> str:
+    import git
+
+    from .source.tree import repo_root
+
+    root = repo_root(paths[0]) if paths else None
+    if root is None:
+        return ""
+    try:
+        repo = git.Repo(root)
+        return repo.head.commit.hexsha[:12] + ("-dirty" if repo.is_dirty(untracked_files=True) else "")
+    except (ValueError, git.GitError):
+        return ""
+
+
+def _print_findings(rev, stream=sys.stderr) -> None:
+    from .findings import format_findings
+
+    errors = [f for f in rev.findings if f.is_error]
+    if errors:
+        print(format_findings(errors, "text"), file=stream)
+        print(f"{len(errors)} error(s): the workspaces they belong to are left out of the plan", file=stream)
+
+
+def cmd_plan(args) -> int:
+    from . import planview
+    from .cli import EXIT_FINDINGS, EXIT_OK, _load, _load_base
+    from .plandiff import diff_states
+    from .planning import plan_revision
+
+    if args.list_presets:
+        return _list_presets()
+    rev = _load(args.paths, args, target="kubernetes")
+    _print_findings(rev)
+    head = plan_revision(rev, _settings(args, _head_revision(args.paths)))
+    base = None
+    if args.base:
+        base_rev = _load_base(args.paths, args.base, args)
+        base = plan_revision(base_rev, _settings(args, args.base))
+    diff = diff_states(base, head)
+    if args.format == "json":
+        print(planview.as_json(diff))
+    elif args.format == "markdown":
+        print(planview.markdown(diff))
+    else:
+        print(planview.text(diff, show_unchanged=True), end="")
+    problems = any(p.problems for p in head.plans.values())
+    return EXIT_FINDINGS if rev.has_errors or problems else EXIT_OK
+
+
+def _list_presets() -> int:
+    from .catalog import load_catalog
+
+    c = load_catalog()
+    print(f"{'preset':34} {'Hugging Face':45} {'weights':>8} {'context':>8}  notes")
+    for m in sorted(c.models.values(), key=lambda m: (m.family, m.name)):
+        notes = ", ".join(
+            x
+            for x in (
+                "gated" if m.gated else "",
+                "tuning" if m.tuning.supported else "",
+                "deprecated" if m.deprecated or m.rejected else "",
+                m.quantization or "",
+            )
+            if x
+        )
+        print(
+            f"{m.name:34} {m.huggingface:45} {m.weights_gib:7.1f}G {m.architecture.max_context:8d}  {notes}"
+        )
+    return 0
+
+
+def cmd_render(args) -> int:
+    from .cli import EXIT_FINDINGS, EXIT_OK, _load
+    from .manifests import dump, file_name
+    from .planning import plan_revision
+
+    rev = _load(args.paths, args, target="kubernetes")
+    _print_findings(rev)
+    state = plan_revision(rev, _settings(args, _head_revision(args.paths)))
+    out = Path(args.out)
+    written = 0
+    for (ns, name), plan in sorted(state.plans.items()):
+        folder = out / ns / name
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted = {file_name(o) for o in plan.objects}
+        for stale in folder.glob("*.yaml"):
+            if stale.name not in wanted:
+                stale.unlink()
+        for obj in plan.objects:
+            tmp = folder / (file_name(obj) + ".tmp")
+            tmp.write_text(dump(obj))
+            os.replace(tmp, folder / file_name(obj))  # never a half-written manifest
+            written += 1
+    print(f"wrote {written} object(s) for {len(state.plans)} workspace(s) under {out}", file=sys.stderr)
+    return EXIT_FINDINGS if rev.has_errors else EXIT_OK
+
+
+def _add_render_options(p) -> None:
+    p.add_argument(
+        "--inference-image",
+        default=os.environ.get("KAITO_GITOPS_INFERENCE_IMAGE", "ghcr.io/kaito-gitops/inference:0.1.0"),
+    )
+    p.add_argument(
+        "--tuning-image",
+        default=os.environ.get("KAITO_GITOPS_TUNING_IMAGE", "ghcr.io/kaito-gitops/tuning:0.1.0"),
+    )
+    p.add_argument(
+        "--image-pull-secret",
+        action="append",
+        metavar="NAME",
+        help="pull secret for the kaito-gitops images (repeatable)",
+    )
+
 
 def register(sub, add_common) -> None:
-    return None
+    p = sub.add_parser(
+        "plan", help="show nodes, GPUs, SGLang/tuning commands, objects and $/hour per workspace"
+    )
+    p.add_argument("paths", nargs="*", default=["."])
+    p.add_argument("--base", metavar="REV", help="compare with the workspaces at git revision REV")
+    p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
+    p.add_argument("--list-presets", action="store_true", help="list the model presets and exit")
+    add_common(p)
+    _add_render_options(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("render", help="write every object as YAML under --out DIR/<namespace>/<workspace>/")
+    p.add_argument("paths", nargs="*", default=["."])
+    p.add_argument("--out", required=True, metavar="DIR")
+    add_common(p)
+    _add_render_options(p)
+    p.set_defaults(func=cmd_render)

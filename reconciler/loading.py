@@ -355,7 +355,9 @@ class _Builder:
             if ev.anchor in self.open_anchors:
                 raise _TooBig(ev.start_mark, f"alias *{ev.anchor} refers to itself (a recursive alias)")
             if ev.anchor not in self.anchors:
-                raise _TooBig(ev.start_mark, f"invalid YAML: found undefined alias '{ev.anchor}'", "yaml-syntax")
+                raise _TooBig(
+                    ev.start_mark, f"invalid YAML: found undefined alias '{ev.anchor}'", "yaml-syntax"
+                )
             value, size = self.anchors[ev.anchor]
             self._grow(size, ev.start_mark)
             path = self._child_path()
@@ -484,8 +486,12 @@ def load_text(path: str, raw: bytes, max_bytes: int = MAX_FILE_BYTES) -> LoadedF
         try:
             builder.event(ev)
         except _TooBig as tb:
-            message = tb.reason if tb.rule == "yaml-syntax" else f"document {index + 1} cannot be read: {tb.reason}"
-            findings.append(Finding(path, tb.mark.line + 1, tb.mark.column + 1, Severity.ERROR, tb.rule, message))
+            message = (
+                tb.reason if tb.rule == "yaml-syntax" else f"document {index + 1} cannot be read: {tb.reason}"
+            )
+            findings.append(
+                Finding(path, tb.mark.line + 1, tb.mark.column + 1, Severity.ERROR, tb.rule, message)
+            )
             skipping = True
     return LoadedFile(path, docs, findings)
 

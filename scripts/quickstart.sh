@@ -6,3 +6,6 @@ scripts/setup.sh
 echo
 echo "==> kaito-gitops validate example-repo"
 .venv/bin/kaito-gitops validate example-repo || true
+echo
+echo "==> kaito-gitops plan example-repo"
+.venv/bin/kaito-gitops plan example-repo

@@ -8,21 +8,61 @@ from reconciler.catalog import GIB
 from reconciler.configs import sglang_flags
 
 LEGACY_PRESETS = {
-    "phi-3-mini-4k-instruct", "phi-3-mini-128k-instruct", "phi-3-medium-4k-instruct", "phi-3-medium-128k-instruct",
-    "phi-3.5-mini-instruct", "phi-4", "phi-4-mini-instruct", "qwen2.5-coder-7b-instruct", "qwen2.5-coder-32b-instruct",
-    "llama-3.1-8b-instruct", "llama-3.3-70b-instruct", "deepseek-r1-distill-llama-8b", "deepseek-r1-distill-qwen-14b",
-    "deepseek-r1-0528", "deepseek-v3-0324", "mistral-7b", "mistral-7b-instruct", "ministral-3-3b-instruct",
-    "ministral-3-8b-instruct", "ministral-3-14b-instruct", "mistral-large-3-675b-instruct", "gemma-3-4b-instruct",
-    "gemma-3-27b-instruct", "gpt-oss-20b", "gpt-oss-120b", "falcon-7b", "falcon-7b-instruct", "falcon-40b",
-    "falcon-40b-instruct", "phi-2", "smollm2-135m-instruct",
+    "phi-3-mini-4k-instruct",
+    "phi-3-mini-128k-instruct",
+    "phi-3-medium-4k-instruct",
+    "phi-3-medium-128k-instruct",
+    "phi-3.5-mini-instruct",
+    "phi-4",
+    "phi-4-mini-instruct",
+    "qwen2.5-coder-7b-instruct",
+    "qwen2.5-coder-32b-instruct",
+    "llama-3.1-8b-instruct",
+    "llama-3.3-70b-instruct",
+    "deepseek-r1-distill-llama-8b",
+    "deepseek-r1-distill-qwen-14b",
+    "deepseek-r1-0528",
+    "deepseek-v3-0324",
+    "mistral-7b",
+    "mistral-7b-instruct",
+    "ministral-3-3b-instruct",
+    "ministral-3-8b-instruct",
+    "ministral-3-14b-instruct",
+    "mistral-large-3-675b-instruct",
+    "gemma-3-4b-instruct",
+    "gemma-3-27b-instruct",
+    "gpt-oss-20b",
+    "gpt-oss-120b",
+    "falcon-7b",
+    "falcon-7b-instruct",
+    "falcon-40b",
+    "falcon-40b-instruct",
+    "phi-2",
+    "smollm2-135m-instruct",
 }
 SKUS = {
-    "Standard_NV36ads_A10_v5", "Standard_NV72ads_A10_v5", "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4",
-    "Standard_NC96ads_A100_v4", "Standard_ND96asr_A100_v4", "Standard_ND96amsr_A100_v4", "Standard_NC40ads_H100_v5",
-    "Standard_NC80adis_H100_v5", "Standard_ND96isr_H100_v5", "Standard_NCC40ads_H100_v5", "Standard_ND96isr_H200_v5",
-    "Standard_NG32ads_V620_v1", "Standard_NG32adms_V620_v1", "Standard_NC6s_v3", "Standard_NC12s_v3",
-    "Standard_NC24s_v3", "Standard_NC24rs_v3", "Standard_NC4as_T4_v3", "Standard_NC8as_T4_v3",
-    "Standard_NC16as_T4_v3", "Standard_NC64as_T4_v3",
+    "Standard_NV36ads_A10_v5",
+    "Standard_NV72ads_A10_v5",
+    "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4",
+    "Standard_NC96ads_A100_v4",
+    "Standard_ND96asr_A100_v4",
+    "Standard_ND96amsr_A100_v4",
+    "Standard_NC40ads_H100_v5",
+    "Standard_NC80adis_H100_v5",
+    "Standard_ND96isr_H100_v5",
+    "Standard_NCC40ads_H100_v5",
+    "Standard_ND96isr_H200_v5",
+    "Standard_NG32ads_V620_v1",
+    "Standard_NG32adms_V620_v1",
+    "Standard_NC6s_v3",
+    "Standard_NC12s_v3",
+    "Standard_NC24s_v3",
+    "Standard_NC24rs_v3",
+    "Standard_NC4as_T4_v3",
+    "Standard_NC8as_T4_v3",
+    "Standard_NC16as_T4_v3",
+    "Standard_NC64as_T4_v3",
 }
 
 
@@ -42,7 +82,9 @@ def test_model_facts_are_consistent(catalog, name):
     if a.kv_lora_rank:  # multi-head latent attention: the cache is the latent, not heads x head_dim
         assert a.qk_rope_head_dim > 0 and a.kv_lora_rank < a.hidden_size
     else:
-        assert a.hidden_size / 2 <= a.head_dim * a.attention_heads <= a.hidden_size * 2, "head_dim x heads ~ hidden size"
+        assert a.hidden_size / 2 <= a.head_dim * a.attention_heads <= a.hidden_size * 2, (
+            "head_dim x heads ~ hidden size"
+        )
     if m.quantization is None:
         # unquantized weights: ~2 bytes per parameter (bf16/fp16), within 10 %
         expected_gib = m.parameters_b * 1e9 * 2 / GIB
@@ -59,12 +101,20 @@ def test_model_facts_are_consistent(catalog, name):
 
 def test_gated_models_are_the_llama_and_gemma_families(catalog):
     gated = {m.name for m in catalog.models.values() if m.gated}
-    assert gated == {"llama-3.1-8b-instruct", "llama-3.3-70b-instruct", "gemma-3-4b-instruct", "gemma-3-27b-instruct"}
+    assert gated == {
+        "llama-3.1-8b-instruct",
+        "llama-3.3-70b-instruct",
+        "gemma-3-4b-instruct",
+        "gemma-3-27b-instruct",
+    }
 
 
 def test_sglang_parser_names_exist_in_sglang(catalog):
     choices = sglang_flags()
-    tools, reasoning = set(choices["tool-call-parser"]["choices"]), set(choices["reasoning-parser"]["choices"])
+    tools, reasoning = (
+        set(choices["tool-call-parser"]["choices"]),
+        set(choices["reasoning-parser"]["choices"]),
+    )
     for m in catalog.models.values():
         if m.tool_call_parser:
             assert m.tool_call_parser in tools, m.name
@@ -83,7 +133,9 @@ def test_sku_facts_are_consistent(catalog, name):
     if s.vendor == "nvidia":
         assert s.compute_capability >= 5.0
     # prices grow with GPU count inside a series
-    same = [o for o in catalog.skus.values() if o.gpu == s.gpu and o.gpu_count > s.gpu_count and not o.retired]
+    same = [
+        o for o in catalog.skus.values() if o.gpu == s.gpu and o.gpu_count > s.gpu_count and not o.retired
+    ]
     for bigger in same:
         assert bigger.price_per_hour > s.price_per_hour
 

@@ -39,7 +39,9 @@ def test_exit_1_and_text_lines_on_errors(files, capsys):
     (files / "ws" / "bad.yaml").write_text(BAD.replace("name: smollm2", "name: other"))
     assert main(["validate", "ws"]) == 1
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("ws/bad.yaml:10:3: error: resource.instancetype: unknown field 'instancetype'")
+    assert out.splitlines()[0].startswith(
+        "ws/bad.yaml:10:3: error: resource.instancetype: unknown field 'instancetype'"
+    )
     assert out.splitlines()[0].endswith("[schema-unknown-field]")
 
 
@@ -47,8 +49,13 @@ def test_json_and_github_formats(files, capsys):
     (files / "ws" / "bad.yaml").write_text(BAD.replace("name: smollm2", "name: other"))
     assert main(["validate", "ws", "--format", "json"]) == 1
     data = json.loads(capsys.readouterr().out)
-    assert {"path": "ws/bad.yaml", "line": 10, "col": 3, "severity": "error", "rule": "schema-unknown-field"}.items() \
-        <= data[0].items()
+    assert {
+        "path": "ws/bad.yaml",
+        "line": 10,
+        "col": 3,
+        "severity": "error",
+        "rule": "schema-unknown-field",
+    }.items() <= data[0].items()
     assert main(["validate", "ws", "--format", "github"]) == 1
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("::error file=ws/bad.yaml,line=10,col=3,title=schema-unknown-field::")
@@ -63,9 +70,18 @@ def test_exit_2_on_usage_problems(files, capsys):
 
 
 def test_console_script_runs_without_traceback(files):
-    exe = shutil.which("kaito-gitops") or f"{sys.executable} -m reconciler"
-    (files / "ws" / "bomb.yaml").write_text("a: &a [" + ",".join(["x"] * 9) + "]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8)))
+    exe = (
+        shutil.which("kaito-gitops", path=str(Path(sys.executable).parent))
+        or f"{sys.executable} -m reconciler"
+    )
+    (files / "ws" / "bomb.yaml").write_text(
+        "a: &a ["
+        + ",".join(["x"] * 9)
+        + "]\n"
+        + "".join(
+            f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8)
+        )
+    )
     proc = subprocess.run([*exe.split(), "validate", "ws"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -95,21 +111,37 @@ def test_schema_is_a_valid_2020_12_schema_and_closed():
     assert set(ws["properties"]) >= {"resource", "inference", "tuning"}
 
 
-@pytest.mark.skipif(shutil.which("check-jsonschema") is None, reason="check-jsonschema not installed")
+CHECK_JSONSCHEMA = shutil.which("check-jsonschema", path=str(Path(sys.executable).parent)) or shutil.which(
+    "check-jsonschema"
+)
+
+
+@pytest.mark.skipif(CHECK_JSONSCHEMA is None, reason="check-jsonschema not installed (dev extra)")
 def test_schema_works_with_check_jsonschema(tmp_path):
     schema = ROOT / "schema" / "workspace.schema.json"
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD)
-    ok = subprocess.run(["check-jsonschema", "--schemafile", str(schema), str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [CHECK_JSONSCHEMA, "--schemafile", str(schema), str(good)], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    ko = subprocess.run(["check-jsonschema", "--schemafile", str(schema), str(bad)], capture_output=True, text=True)
+    ko = subprocess.run(
+        [CHECK_JSONSCHEMA, "--schemafile", str(schema), str(bad)], capture_output=True, text=True
+    )
     assert ko.returncode == 1 and "instancetype" in ko.stdout
     # a ConfigMap beside the workspaces validates against the same schema
     cm = tmp_path / "cm.yaml"
-    cm.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {inference_config.yaml: 'sglang: {}'}\n")
-    assert subprocess.run(["check-jsonschema", "--schemafile", str(schema), str(cm)], capture_output=True).returncode == 0
+    cm.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {inference_config.yaml: 'sglang: {}'}\n"
+    )
+    assert (
+        subprocess.run(
+            [CHECK_JSONSCHEMA, "--schemafile", str(schema), str(cm)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_example_repo_validates():

@@ -23,8 +23,11 @@ def code_rule_ids() -> set[str]:
             if pos is None or len(node.args) <= pos:
                 continue
             arg = node.args[pos]
-            candidates = [arg] if isinstance(arg, ast.Constant) else [
-                n for n in ast.walk(arg) if isinstance(n, ast.Constant)]  # e.g. `"a" if x else "b"`
+            candidates = (
+                [arg]
+                if isinstance(arg, ast.Constant)
+                else [n for n in ast.walk(arg) if isinstance(n, ast.Constant)]
+            )  # e.g. `"a" if x else "b"`
             for c in candidates:
                 if isinstance(c.value, str) and re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", c.value):
                     ids.add(c.value)

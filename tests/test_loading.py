@@ -83,7 +83,9 @@ def test_multi_document_files_keep_each_document_and_its_index():
 
 
 def test_yaml_12_scalars():
-    doc = load_text("s.yaml", b"k: [yes, on, 1.0, 0o12, 012, 0x1F, 1e3, null, ~, true, '1.0', .inf]\n").documents[0]
+    doc = load_text(
+        "s.yaml", b"k: [yes, on, 1.0, 0o12, 012, 0x1F, 1e3, null, ~, true, '1.0', .inf]\n"
+    ).documents[0]
     assert doc.data["k"] == ["yes", "on", 1.0, 10, 12, 31, 1000.0, None, None, True, "1.0", float("inf")]
 
 

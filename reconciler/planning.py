@@ -1,0 +1,204 @@
+"""Plan: from validated workspaces to the desired state (objects, node pools, GPUs, cost).
+
+A pure function of a validated Revision and render settings. The daemon applies it, the
+pull-request review shows it, and `kaito-gitops plan/render` print or write it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from .catalog import Catalog, Model, Sku, load_catalog
+from .configs import INFERENCE_KEY, TRAINING_KEY, ServerConfig, merge_training_config, parse_inference_config
+from .render import inference as render_inference
+from .render import tuning as render_tuning
+from .render.common import RenderSettings, object_hash, stamp
+from .render.nodepool import NodePoolSpec, node_pool
+from .sizing import DoesNotFit, InferenceSizing, Overrides, TuningSizing, size_inference, size_tuning
+from .validation import Revision, WorkspaceKey
+from .workspace import ConfigMap, Workspace
+
+
+@dataclass(frozen=True)
+class WorkspacePlan:
+    workspace: Workspace
+    model: Model | None
+    sku: Sku | None
+    sizing: InferenceSizing | TuningSizing | None
+    node_pool: NodePoolSpec | None  # None: bring your own nodes
+    objects: tuple[dict, ...]  # in apply order
+    nodes: int
+    gpus_per_node: int
+    command: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # why this workspace cannot be applied as planned
+
+    @property
+    def key(self) -> WorkspaceKey:
+        return self.workspace.key
+
+    @property
+    def kind(self) -> str:
+        return self.workspace.kind
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def price_per_hour(self) -> float | None:
+        if self.sku is None or self.sku.price_per_hour is None:
+            return None
+        return round(self.nodes * self.sku.price_per_hour, 3)
+
+    @property
+    def spec_hash(self) -> str:
+        return self.workspace.spec_hash()
+
+    def object_hashes(self) -> dict[tuple[str, str], str]:
+        return {(o["kind"], o["metadata"]["name"]): object_hash(o) for o in self.objects}
+
+
+@dataclass
+class DesiredState:
+    plans: dict[WorkspaceKey, WorkspacePlan] = field(default_factory=dict)
+    revision: str = ""
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.plans.values())
+
+    @property
+    def price_per_hour(self) -> float:
+        return round(sum(p.price_per_hour or 0 for p in self.plans.values()), 3)
+
+
+def _server_config(
+    ws: Workspace, configmaps: dict[WorkspaceKey, ConfigMap]
+) -> tuple[ServerConfig | None, bool]:
+    """(translated inference config, whether the ConfigMap lives only in the cluster)."""
+    if ws.inference is None or not ws.inference.config:
+        return None, False
+    cm = configmaps.get((ws.namespace, ws.inference.config))
+    if cm is None or INFERENCE_KEY not in cm.data:
+        return None, True
+    return parse_inference_config(cm.data[INFERENCE_KEY]), False
+
+
+def plan_workspace(
+    ws: Workspace,
+    *,
+    catalog: Catalog,
+    configmaps: dict[WorkspaceKey, ConfigMap],
+    settings: RenderSettings,
+    byo_sku: Sku | None = None,
+) -> WorkspacePlan:
+    """Size and render one (valid) workspace.
+
+    `byo_sku` describes bring-your-own nodes when the daemon has read their GPU labels;
+    without it such a workspace is planned for one GPU per node and says so.
+    """
+    model = catalog.model(ws.preset.name) if ws.preset and ws.preset.name else None
+    provisioned = bool(ws.resource.instance_type)
+    sku = catalog.sku(ws.resource.instance_type) if provisioned else byo_sku
+    notes: list[str] = []
+    problems: list[str] = []
+    if not provisioned:
+        notes.append("bring-your-own nodes: pods go to nodes matching labelSelector; no node pool is created")
+    if ws.inference is not None:
+        server, config_in_cluster = _server_config(ws, configmaps)
+        overrides = server.overrides if server else Overrides()
+        sizing: InferenceSizing | TuningSizing | None = None
+        if model is not None and sku is not None and ws.inference.template is None:
+            result = size_inference(model, sku, overrides)
+            if isinstance(result, DoesNotFit):
+                problems.append(result.reason)
+            else:
+                sizing = result
+                notes.extend(result.notes)
+        gpus_per_node = sku.gpu_count if sku else 1
+        nodes = sizing.nodes if isinstance(sizing, InferenceSizing) else (ws.resource.count or 1)
+        if sizing is None and model is None and ws.inference.template is None:
+            notes.append(
+                f"{ws.preset.name if ws.preset else '?'} is not in the catalog: served best effort, "
+                f"{nodes} node(s), tensor parallel over each node's GPUs"
+            )
+        if config_in_cluster:
+            notes.append(f"ConfigMap {ws.inference.config} is read from the cluster when the pod starts")
+        objects = render_inference.render(
+            ws,
+            model,
+            sizing if isinstance(sizing, InferenceSizing) else None,
+            server,
+            settings,
+            provisioned,
+            gpus_per_node,
+            nodes,
+            config_in_cluster,
+        )
+        if sizing is None and ws.inference.template is None:
+            _fill_unsized_parallelism(objects, gpus_per_node)
+        command_source = objects[-1]["spec"]["template"]["spec"]["containers"][0].get("command", [])
+    else:
+        assert ws.tuning is not None
+        cm = configmaps.get((ws.namespace, ws.tuning.config)) if ws.tuning.config else None
+        text = cm.data.get(TRAINING_KEY) if cm else None
+        training = merge_training_config(ws.tuning.method or "qlora", text)
+        if ws.tuning.config and cm is None:
+            notes.append(
+                f"ConfigMap {ws.tuning.config} is not in the repository: tuning uses the "
+                f"{ws.tuning.method} defaults"
+            )
+        sizing = None
+        if model is not None and sku is not None and ws.tuning.method in ("lora", "qlora"):
+            result = size_tuning(model, sku, ws.tuning.method)
+            if isinstance(result, DoesNotFit):
+                problems.append(result.reason)
+            else:
+                sizing = result
+                notes.extend(result.notes)
+        nodes, gpus_per_node = 1, (sku.gpu_count if sku else 1)
+        objects = render_tuning.render(ws, model, sku, sizing, training, settings, provisioned)
+        command_source = objects[-1]["spec"]["template"]["spec"]["containers"][0]["command"]
+    pool = node_pool(ws, sku, nodes, model) if provisioned and sku is not None else None
+    return WorkspacePlan(
+        workspace=ws,
+        model=model,
+        sku=sku,
+        sizing=sizing,
+        node_pool=pool,
+        # deep copies: no structure is shared between objects (or with module constants)
+        objects=tuple(stamp(copy.deepcopy(o)) for o in objects),
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        command=tuple(command_source),
+        notes=tuple(dict.fromkeys(notes)),
+        problems=tuple(problems),
+    )
+
+
+def _fill_unsized_parallelism(objects: list[dict], gpus_per_node: int) -> None:
+    """Without catalog facts, use every GPU of the node for tensor parallelism."""
+    container = objects[-1]["spec"]["template"]["spec"]["containers"][0]
+    cmd = container["command"]
+    if "--tp-size" not in cmd:
+        at = cmd.index("--") if "--" in cmd else len(cmd)
+        cmd[at:at] = ["--tp-size", str(gpus_per_node)]
+
+
+def plan_revision(
+    rev: Revision,
+    settings: RenderSettings | None = None,
+    catalog: Catalog | None = None,
+    byo: dict[WorkspaceKey, Sku] | None = None,
+) -> DesiredState:
+    """Plan every valid workspace of a revision. Invalid ones are left out (they keep their last good state)."""
+    catalog = catalog or load_catalog()
+    settings = settings or RenderSettings()
+    state = DesiredState(revision=settings.revision)
+    for key, ws in sorted(rev.valid_workspaces().items()):
+        state.plans[key] = plan_workspace(
+            ws, catalog=catalog, configmaps=rev.configmaps, settings=settings, byo_sku=(byo or {}).get(key)
+        )
+    return state

@@ -1,0 +1,211 @@
+"""How a plan reads: text for terminals, Markdown for pull requests, JSON for tools."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from .plandiff import PlanDiff, WorkspaceChange
+from .planning import WorkspacePlan
+from .sizing import InferenceSizing, TuningSizing
+
+SIGN = {"add": "+", "change": "~", "replace": "-/+", "remove": "-", "unchanged": "="}
+OBJ_SIGN = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "unchanged": "="}
+
+
+def money(v: float | None) -> str:
+    return "n/a" if v is None else f"${v:,.2f}"
+
+
+def signed_money(v: float) -> str:
+    return f"{'+' if v >= 0 else '-'}${abs(v):,.2f}"
+
+
+def summary_line(diff: PlanDiff) -> str:
+    return (
+        f"{diff.count('add')} to add, {diff.count('change')} to change, {diff.count('replace')} to replace, "
+        f"{diff.count('remove')} to remove; GPUs {diff.before.gpus} -> {diff.after.gpus} ({diff.gpu_delta:+d}), "
+        f"{money(diff.before.price_per_hour)}/h -> {money(diff.after.price_per_hour)}/h "
+        f"({signed_money(diff.cost_delta)}/h)"
+    )
+
+
+def hardware_line(p: WorkspacePlan) -> str:
+    if p.sku is None:
+        return f"{p.nodes} bring-your-own node(s), GPUs per node read from node labels"
+    pool = f"; node pool {p.node_pool.name}" if p.node_pool else "; bring-your-own nodes"
+    return (
+        f"{p.nodes} x {p.sku.name} ({p.sku.gpu_count} x {p.sku.gpu} {p.sku.gpu_memory_gib:g} GiB) = "
+        f"{p.gpus} GPU, {money(p.price_per_hour)}/hour{pool}"
+    )
+
+
+def sizing_line(p: WorkspacePlan) -> str | None:
+    s = p.sizing
+    if isinstance(s, InferenceSizing):
+        return (
+            f"SGLang tp={s.tp} pp={s.pp} dp={s.dp}, {s.dtype}, context {s.context_length:,}, "
+            f"mem-fraction-static {s.mem_fraction_static:g}; weights {s.weights_gib_per_gpu:.1f} GiB/GPU, "
+            f"KV cache {s.kv_gib_per_gpu:.1f} GiB/GPU = {s.kv_tokens:,} tokens "
+            f"({s.full_context_requests:.1f} full-context requests)"
+        )
+    if isinstance(s, TuningSizing):
+        return s.describe()
+    return None
+
+
+def model_line(p: WorkspacePlan) -> str:
+    ws = p.workspace
+    if ws.inference is not None and ws.inference.template is not None:
+        return "inference from a custom pod template"
+    name = p.model.name if p.model else (ws.preset.name if ws.preset else "?")
+    hf = f" ({p.model.huggingface})" if p.model else ""
+    if ws.tuning is not None:
+        return f"tuning {ws.tuning.method} of {name}{hf}"
+    return f"inference {name}{hf}"
+
+
+def _workspace_lines(c: WorkspaceChange) -> list[str]:
+    p = c.after or c.before
+    assert p is not None
+    ns, name = c.key
+    lines = [f"{SIGN[c.action]} {ns}/{name}  ({p.workspace.path})"]
+    lines.append(f"    {model_line(p)}")
+    lines.append(
+        f"    {hardware_line(p)}"
+        + (f" [{c.pool_action}]" if c.pool_action not in ("none", "unchanged") else "")
+    )
+    s = sizing_line(p)
+    if s:
+        lines.append(f"    {s}")
+    if c.reasons:
+        lines.append(f"    replaced because: {', '.join(c.reasons)}")
+    if c.after is not None and c.after.command:
+        lines.append(f"    command: {shlex.join(c.after.command)}")
+    objs = [f"{OBJ_SIGN[o.action]} {o.kind}/{o.name}" for o in c.objects if o.action != "unchanged"]
+    if objs:
+        lines.append(f"    objects: {', '.join(objs)}")
+    for n in p.notes:
+        lines.append(f"    note: {n}")
+    for problem in c.after.problems if c.after else ():
+        lines.append(f"    problem: {problem}")
+    return lines
+
+
+def text(diff: PlanDiff, show_unchanged: bool = False) -> str:
+    out = [f"Plan: {summary_line(diff)}", ""]
+    for c in diff.changes:
+        if c.action == "unchanged" and not show_unchanged:
+            continue
+        out += _workspace_lines(c)
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def markdown_section(c: WorkspaceChange) -> str:
+    """One workspace as a collapsible section (used by `plan --format markdown` and PR comments)."""
+    p = c.after or c.before
+    assert p is not None
+    ns, name = c.key
+    head = (
+        f"<details><summary><code>{SIGN[c.action]}</code> <b>{ns}/{name}</b>: {c.action}, "
+        f"{p.gpus} GPU, {money(p.price_per_hour)}/h</summary>\n\n"
+    )
+    body = [
+        f"- {model_line(p)} (`{p.workspace.path}`)",
+        f"- {hardware_line(p)}"
+        + (f" (**{c.pool_action}**)" if c.pool_action not in ("none", "unchanged") else ""),
+    ]
+    s = sizing_line(p)
+    if s:
+        body.append(f"- {s}")
+    if c.reasons:
+        body.append(f"- **replaced** because: {', '.join(c.reasons)}")
+    objs = [f"`{OBJ_SIGN[o.action]} {o.kind}/{o.name}`" for o in c.objects if o.action != "unchanged"]
+    if objs:
+        body.append(f"- objects: {', '.join(objs)}")
+    for n in p.notes:
+        body.append(f"- note: {n}")
+    for problem in c.after.problems if c.after else ():
+        body.append(f"- :warning: {problem}")
+    if c.after is not None and c.after.command:
+        body.append(f"\n```\n{shlex.join(c.after.command)}\n```")
+    return head + "\n".join(body) + "\n\n</details>\n"
+
+
+def markdown(diff: PlanDiff) -> str:
+    out = ["| workspace | change | GPUs | $/hour |", "| --- | --- | --- | --- |"]
+    for c in diff.changes:
+        if c.action == "unchanged":
+            continue
+        out.append(
+            f"| `{c.key[0]}/{c.key[1]}` | {c.action} | {c.gpu_delta:+d} | {signed_money(c.cost_delta)} |"
+        )
+    parts = [f"**Plan:** {summary_line(diff)}", "", *out, ""]
+    parts += [markdown_section(c) for c in diff.changes if c.action != "unchanged"]
+    return "\n".join(parts)
+
+
+def as_json(diff: PlanDiff) -> str:
+    def plan_dict(p: WorkspacePlan | None):
+        if p is None:
+            return None
+        s = p.sizing
+        return {
+            "file": p.workspace.path,
+            "kind": p.kind,
+            "model": p.model.name if p.model else None,
+            "instanceType": p.sku.name if p.sku else None,
+            "nodes": p.nodes,
+            "gpusPerNode": p.gpus_per_node,
+            "gpus": p.gpus,
+            "pricePerHour": p.price_per_hour,
+            "nodePool": {
+                "name": p.node_pool.name,
+                "vmSize": p.node_pool.vm_size,
+                "count": p.node_pool.count,
+                "osDiskGB": p.node_pool.os_disk_gb,
+                "osSKU": p.node_pool.os_sku,
+            }
+            if p.node_pool
+            else None,
+            "sizing": _slots_dict(s) if s is not None else None,
+            "command": list(p.command),
+            "objects": [f"{o['kind']}/{o['metadata']['name']}" for o in p.objects],
+            "notes": list(p.notes),
+            "problems": list(p.problems),
+        }
+
+    return json.dumps(
+        {
+            "summary": {
+                "add": diff.count("add"),
+                "change": diff.count("change"),
+                "replace": diff.count("replace"),
+                "remove": diff.count("remove"),
+                "gpus": diff.after.gpus,
+                "gpuDelta": diff.gpu_delta,
+                "pricePerHour": diff.after.price_per_hour,
+                "priceDelta": diff.cost_delta,
+            },
+            "workspaces": [
+                {
+                    "namespace": c.key[0],
+                    "name": c.key[1],
+                    "action": c.action,
+                    "nodePool": c.pool_action,
+                    "reasons": c.reasons,
+                    "objects": [o.__dict__ for o in c.objects],
+                    "before": plan_dict(c.before),
+                    "after": plan_dict(c.after),
+                }
+                for c in diff.changes
+            ],
+        },
+        indent=2,
+        default=str,
+    )
+
+
+def _slots_dict(obj) -> dict:
+    return {k: getattr(obj, k) for k in obj.__slots__}
