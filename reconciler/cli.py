@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    from . import logs
+
+    logs.configure(json_lines=False, level=os.environ.get("KAITO_GITOPS_LOG_LEVEL", "warning"))
     try:
         return int(args.func(args) or 0)
     except UsageError as e:

@@ -116,6 +116,63 @@ def cmd_render(args) -> int:
     return EXIT_FINDINGS if rev.has_errors else EXIT_OK
 
 
+def cmd_status(args) -> int:
+    import json
+
+    from ruamel.yaml import YAML
+
+    from .cli import EXIT_OK, UsageError
+    from .report.statusview import CONDITION_COLUMNS, text_table
+    from .source.git import GitAuth, GitSource, SourceError
+
+    branch = args.branch or ("main" if args.status == "tree" else "kaito-status")
+    root = (args.status_dir.strip("/") + "/") if args.status == "tree" else ""
+    try:
+        source = GitSource(args.repo, branch, args.cache_dir, GitAuth(token_file=args.git_token_file))
+        rev = source.sync()
+        files = source.files(rev, [f"{root}status"], 1 << 20)
+    except SourceError as e:
+        raise UsageError(str(e)) from None
+    docs = []
+    for _path, data in sorted(files):
+        doc = YAML(typ="safe").load(data)
+        if isinstance(doc, dict) and doc.get("kind") == "WorkspaceStatus":
+            docs.append(doc)
+    if args.format == "json":
+        print(json.dumps(docs, indent=2, default=str))
+        return EXIT_OK
+    rows = [
+        [
+            "NAME",
+            "INSTANCE",
+            "RESOURCEREADY",
+            "INFERENCEREADY",
+            "JOBSTARTED",
+            "WORKSPACESUCCEEDED",
+            "STATE",
+            "ENDPOINT",
+            "SINCE",
+        ]
+    ]
+    for d in docs:
+        conds = {c["type"]: c for c in d.get("conditions") or []}
+        times = [c.get("lastTransitionTime") or "" for c in conds.values() if c.get("lastTransitionTime")]
+        rows.append(
+            [
+                f"{d['metadata']['namespace']}/{d['metadata']['name']}",
+                d.get("instanceType") or "(own nodes)",
+                *[conds.get(c, {}).get("status", "") for c in CONDITION_COLUMNS],
+                d.get("state") or "",
+                d.get("endpoint") or "",
+                min(times) if times else "",
+            ]
+        )
+    print(text_table(rows), end="")
+    if len(rows) == 1:
+        print(f"(no workspace status on {branch} at {rev[:12]})")
+    return EXIT_OK
+
+
 def _add_render_options(p) -> None:
     p.add_argument(
         "--inference-image",
@@ -144,6 +201,24 @@ def register(sub, add_common) -> None:
     add_common(p)
     _add_render_options(p)
     p.set_defaults(func=cmd_plan)
+
+    from . import runcmd
+
+    runcmd.register(sub)
+
+    p = sub.add_parser(
+        "status", help="print workspace status from the status branch, like kubectl get workspace"
+    )
+    p.add_argument("--repo", default=".", help="git URL or local path (default: the current repository)")
+    p.add_argument(
+        "--branch", help="status branch (default kaito-status; the watched branch with --status tree)"
+    )
+    p.add_argument("--status", choices=["branch", "tree"], default="branch")
+    p.add_argument("--status-dir", default=".kaito/status")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--cache-dir", default=".kaito-gitops/cache")
+    p.add_argument("--git-token-file")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("render", help="write every object as YAML under --out DIR/<namespace>/<workspace>/")
     p.add_argument("paths", nargs="*", default=["."])

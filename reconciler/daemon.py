@@ -1,0 +1,447 @@
+"""The reconcile loop: source -> load -> validate -> plan -> provision + apply -> status.
+
+Level-triggered and idempotent. Each pass reads the branch head (fetching only when it
+moved), re-plans only when the revision changed, takes one snapshot of the target and the
+node provider, and hands every workspace to a pool of workers that compare desired with
+live and do only what differs. Long operations (node pools) are started and observed on
+later passes. A workspace that fails keeps its last good state and backs off on its own;
+it never blocks the others.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import structlog
+
+from .findings import Finding
+from .metrics import Metrics
+from .planning import WorkspacePlan, plan_revision
+from .provisioners.base import Provisioner
+from .render.common import RenderSettings
+from .source.git import GitSource, SourceError
+from .status import Observation, ResourceStatus, WorkspaceStatus, carry_times, derive, failed_status
+from .targets.base import Target
+from .validation import Revision, validate_sources
+
+log = structlog.get_logger("kaito_gitops.daemon")
+
+WorkspaceKey = tuple[str, str]
+
+
+@dataclass
+class DaemonSettings:
+    paths: list[str] = field(default_factory=lambda: [""])  # folders inside the repository ("" = all)
+    namespace: str = "default"
+    interval: float = 60.0
+    jitter: float = 0.1  # +-10 % on the polling interval, so replicas and repos spread out
+    resync: float = 600.0  # observe every workspace at least this often even without a trigger
+    workers: int = 8
+    backoff_min: float = 1.0
+    backoff_max: float = 600.0
+    allow_empty_prune: bool = False
+    max_file_bytes: int = 1024 * 1024
+    target_name: str = "kubernetes"
+
+
+@dataclass
+class WorkspaceReport:
+    """What the reporters (status commits, PR comments) need about one workspace."""
+
+    key: WorkspaceKey
+    path: str
+    revision: str
+    kind: str
+    instance_type: str
+    status: WorkspaceStatus
+    errors: list[Finding] = field(default_factory=list)
+    gpus: int = 0
+    nodes: int = 0
+    applied_revision: str = ""
+
+
+@dataclass
+class PassResult:
+    revision: str
+    changed: bool  # the revision moved since the last pass
+    writes: int = 0
+    errors: dict[WorkspaceKey, str] = field(default_factory=dict)
+    skipped: list[WorkspaceKey] = field(default_factory=list)  # in backoff
+    removed: list[WorkspaceKey] = field(default_factory=list)
+    held: list[WorkspaceKey] = field(default_factory=list)  # not pruned on purpose
+    seconds: float = 0.0
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Daemon:
+    def __init__(
+        self,
+        source: GitSource,
+        target: Target,
+        provisioner: Provisioner,
+        settings: DaemonSettings,
+        render: RenderSettings | None = None,
+        metrics: Metrics | None = None,
+    ):
+        self.source = source
+        self.target = target
+        self.provisioner = provisioner
+        self.settings = settings
+        self.render = render or RenderSettings()
+        self.metrics = metrics or Metrics()
+        self.revision = ""
+        self.validated: Revision | None = None
+        self.desired: dict[WorkspaceKey, WorkspacePlan] = {}
+        self.last_good: dict[WorkspaceKey, WorkspacePlan] = {}
+        self.present: set[WorkspaceKey] = set()  # keys with a Workspace document (valid or not)
+        self.findings: dict[WorkspaceKey, list[Finding]] = {}
+        self.statuses: dict[WorkspaceKey, WorkspaceStatus] = {}
+        self.applied_revision: dict[WorkspaceKey, str] = {}
+        self._backoff: dict[WorkspaceKey, tuple[int, float]] = {}
+        self._global_failures = 0
+        self._trigger = threading.Event()
+        self._stop = threading.Event()
+        self._last_full = 0.0
+        self.last_pass: PassResult | None = None
+        self.last_success = 0.0
+        self.heartbeat = time.monotonic()
+        self.synced = threading.Event()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, settings.workers), thread_name_prefix="reconcile"
+        )
+        self.on_pass: list = []  # callbacks(daemon, PassResult), e.g. the status reporter
+        self.ignore_prefixes: list[str] = []  # our own status commits live here; they are not reconciled
+        self._removing: set[WorkspaceKey] = set()  # teardown started, nodes not yet released
+
+    # -- triggers ---------------------------------------------------------------------------
+    def poke(self) -> None:
+        """Something happened (webhook, ref change): run a pass as soon as possible."""
+        self._trigger.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._trigger.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- loading ----------------------------------------------------------------------------
+    def _load(self, rev: str) -> None:
+        start = time.perf_counter()
+        files = self.source.files(rev, [p for p in self.settings.paths if p], self.settings.max_file_bytes)
+        validated = validate_sources(
+            files,
+            namespace=self.settings.namespace,
+            target=self.settings.target_name,
+            max_file_bytes=self.settings.max_file_bytes,
+        )
+        settings = RenderSettings(**{**self.render.__dict__, "revision": rev[:12]})
+        state = plan_revision(validated, settings)
+        present = {ws.key for ws in validated.workspaces if ws.name}
+        desired = dict(state.plans)
+        findings: dict[WorkspaceKey, list[Finding]] = {}
+        for ws in validated.workspaces:
+            errs = [f for f in validated.findings_of(ws) if f.is_error]
+            if errs:
+                findings.setdefault(ws.key, []).extend(errs)
+                if ws.key in self.last_good and ws.key not in desired:
+                    desired[ws.key] = self.last_good[ws.key]  # keep applying the last good version
+        for key, plan in self.last_good.items():
+            if key not in present and plan.workspace.path in validated.unreadable_files:
+                desired[key] = plan  # its file cannot be read right now: hold, do not prune
+                present.add(key)
+        for key, plan in state.plans.items():
+            if plan.problems:
+                findings.setdefault(key, [])
+        last_good = {k: v for k, v in self.last_good.items() if k in present}
+        last_good.update({k: p for k, p in state.plans.items() if not p.problems})
+        for key, old in self.desired.items():  # a changed workspace gets a fresh start
+            if key in desired and desired[key] is not old:
+                self._backoff.pop(key, None)
+        self.validated, self.desired, self.present, self.findings, self.last_good = (
+            validated,
+            desired,
+            present,
+            findings,
+            last_good,
+        )
+        self.revision = rev
+        self.metrics.revision_info.clear()
+        self.metrics.revision_info.labels(revision=rev[:12]).set(1)
+        log.info(
+            "revision loaded",
+            revision=rev[:12],
+            files=len(validated.files),
+            workspaces=len(present),
+            valid=len(state.plans),
+            errors=sum(len(v) for v in findings.values()),
+            seconds=round(time.perf_counter() - start, 3),
+        )
+
+    # -- one pass ---------------------------------------------------------------------------
+    def run_pass(self, full: bool = True) -> PassResult:
+        start = time.perf_counter()
+        try:
+            t = time.perf_counter()
+            rev = self.source.sync()
+            self.metrics.fetch_seconds.observe(time.perf_counter() - t)
+        except SourceError:
+            self.metrics.fetch_failures.inc()
+            raise
+        changed = rev != self.revision
+        if changed and self.revision and self.ignore_prefixes and self._only_ours(self.revision, rev):
+            self.revision = rev  # our own status commit: nothing to reconcile
+            changed = False
+        if changed:
+            self._load(rev)
+        self.target.refresh()
+        self.provisioner.refresh()
+        live = self.target.live_workspaces()
+        owned = self.provisioner.owned()
+        result = PassResult(rev, changed)
+        keys = set(self.desired) | set(live) | owned | self._removing
+        unreadable = self.validated.unreadable_files if self.validated else set()
+        removable = {k for k in keys - set(self.desired) - self.present if live.get(k, "") not in unreadable}
+        result.held = sorted(k for k in keys - set(self.desired) - removable)
+        if removable and not self.present and not self.settings.allow_empty_prune:
+            log.error(
+                "refusing to prune every workspace: the repository yields none but the target has some; "
+                "pass --allow-empty-prune if that is intended",
+                revision=rev[:12],
+                workspaces=len(removable),
+            )
+            result.held += sorted(removable)
+            removable = set()
+        now = time.monotonic()
+        todo = []
+        for key in sorted(set(self.desired) | removable):
+            attempts, due = self._backoff.get(key, (0, 0.0))
+            if due > now:
+                result.skipped.append(key)
+                continue
+            todo.append(key)
+        self.metrics.queue_depth.set(len(todo))
+        futures = {self._executor.submit(self._reconcile_one, key, key in removable): key for key in todo}
+        for fut in as_completed(futures):
+            key = futures[fut]
+            self.metrics.queue_depth.dec()
+            try:
+                writes, removed = fut.result()
+                result.writes += writes
+                if removed:
+                    result.removed.append(key)
+                self._backoff.pop(key, None)
+                self.metrics.last_sync.labels(namespace=key[0], workspace=key[1]).set(time.time())
+            except Exception as e:  # one workspace's failure is its own; back it off
+                attempts = self._backoff.get(key, (0, 0.0))[0] + 1
+                delay = min(self.settings.backoff_max, self.settings.backoff_min * 2 ** (attempts - 1))
+                self._backoff[key] = (attempts, time.monotonic() + delay * random.uniform(0.8, 1.0))
+                msg = _error_text(e)
+                result.errors[key] = msg
+                self.metrics.errors.inc()
+                log.warning(
+                    "reconcile failed",
+                    workspace=f"{key[0]}/{key[1]}",
+                    error=msg,
+                    attempt=attempts,
+                    retry_in=round(delay, 1),
+                )
+                self._record_error(key, msg)
+        result.seconds = time.perf_counter() - start
+        self.metrics.pass_seconds.observe(result.seconds)
+        self._count_states()
+        self.last_pass = result
+        self.last_success = time.time()
+        self.synced.set()
+        self._last_full = time.monotonic() if full else self._last_full
+        log.info(
+            "pass done",
+            revision=rev[:12],
+            changed=changed,
+            workspaces=len(todo),
+            writes=result.writes,
+            errors=len(result.errors),
+            removed=len(result.removed),
+            held=len(result.held),
+            seconds=round(result.seconds, 3),
+        )
+        for callback in self.on_pass:
+            try:
+                callback(self, result)
+            except Exception as e:  # a reporter must never stop reconciling
+                log.warning("pass callback failed", error=_error_text(e))
+        return result
+
+    def _only_ours(self, old: str, new: str) -> bool:
+        try:
+            paths = self.source.changed_paths(old, new)
+        except SourceError:
+            return False
+        return bool(paths) and all(any(p.startswith(pre) for pre in self.ignore_prefixes) for p in paths)
+
+    def _reconcile_one(self, key: WorkspaceKey, remove: bool) -> tuple[int, bool]:
+        t0 = time.perf_counter()
+        try:
+            if remove:
+                gone, res = self.target.remove(key)
+                self.metrics.prunes.inc(len(res.deleted))
+                released = self.provisioner.release(key) if gone else False
+                if gone and released:
+                    self._removing.discard(key)
+                    self.statuses.pop(key, None)
+                    self.applied_revision.pop(key, None)
+                    log.info("workspace removed", workspace=f"{key[0]}/{key[1]}")
+                else:
+                    self._removing.add(key)  # keep coming back until the nodes are gone too
+                return res.writes, gone and released
+            plan = self.desired[key]
+            nodes = self.target.nodes(plan)
+            resource = self.provisioner.ensure(plan, nodes)
+            writes = 0
+            if resource.ready:
+                res = self.target.apply(plan)
+                writes = res.writes
+                self.metrics.applies.inc(len(res.applied))
+                if res.writes:
+                    self.applied_revision[key] = self.revision
+                self.applied_revision.setdefault(key, self.revision)
+            obs = self.target.observe(key, plan)
+            self._record(key, obs, resource)
+            self.metrics.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - t0)
+            return writes, False
+        except Exception:
+            self.metrics.reconcile_seconds.labels(result="error").observe(time.perf_counter() - t0)
+            raise
+
+    def _record(self, key: WorkspaceKey, obs: Observation, resource: ResourceStatus) -> None:
+        errs = self.findings.get(key, [])
+        plan = self.desired.get(key)
+        last_error = ""
+        if errs:
+            last_error = f"revision {self.revision[:12]} is invalid, still running the last good version: {errs[0].text()}"
+        elif plan is not None and plan.problems:
+            last_error = plan.problems[0]
+        new = derive(obs, resource, last_error=last_error)
+        self.statuses[key] = carry_times(self.statuses.get(key), new, now_iso())
+
+    def _record_error(self, key: WorkspaceKey, msg: str) -> None:
+        prev = self.statuses.get(key)
+        if prev is not None:
+            from dataclasses import replace
+
+            self.statuses[key] = replace(prev, last_error=msg)
+        else:
+            plan = self.desired.get(key)
+            kind = plan.kind if plan else "inference"
+            self.statuses[key] = carry_times(None, failed_status(kind, msg), now_iso())
+
+    def _count_states(self) -> None:
+        counts: dict[str, int] = {}
+        for s in self.statuses.values():
+            counts[s.state] = counts.get(s.state, 0) + 1
+        self.metrics.workspaces.clear()
+        for state, n in counts.items():
+            self.metrics.workspaces.labels(state=state).set(n)
+
+    # -- reports --------------------------------------------------------------------------------
+    def reports(self) -> list[WorkspaceReport]:
+        """Status of every workspace in the repository (invalid ones included)."""
+        out = []
+        workspaces = {ws.key: ws for ws in (self.validated.workspaces if self.validated else []) if ws.name}
+        for key in sorted(set(workspaces) | set(self.desired)):
+            plan = self.desired.get(key)
+            ws = plan.workspace if plan else workspaces[key]
+            errs = self.findings.get(key, [])
+            status = self.statuses.get(key)
+            if status is None:
+                if errs:
+                    status = failed_status(ws.kind, errs[0].text())
+                else:
+                    status = WorkspaceStatus("Pending")
+            out.append(
+                WorkspaceReport(
+                    key=key,
+                    path=workspaces[key].path if key in workspaces else ws.path,
+                    revision=self.revision,
+                    kind=ws.kind,
+                    instance_type=ws.resource.instance_type or "",
+                    status=status,
+                    errors=errs,
+                    gpus=plan.gpus if plan else 0,
+                    nodes=plan.nodes if plan else 0,
+                    applied_revision=self.applied_revision.get(key, ""),
+                )
+            )
+        return out
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _next_wait(self) -> float:
+        base = self.settings.interval
+        wait = base * random.uniform(1 - self.settings.jitter, 1 + self.settings.jitter)
+        if self._global_failures:
+            wait = min(
+                self.settings.backoff_max, self.settings.backoff_min * 2 ** (self._global_failures - 1)
+            )
+        due = [d for _, d in self._backoff.values()]
+        if due:
+            wait = min(wait, max(0.05, min(due) - time.monotonic()))
+        return wait
+
+    def run_forever(self, is_leader=lambda: True) -> None:
+        log.info(
+            "daemon started",
+            repo=self.source.display,
+            branch=self.source.branch,
+            target=self.target.name,
+            provisioner=self.provisioner.name,
+            interval=self.settings.interval,
+            workers=self.settings.workers,
+        )
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            if is_leader():
+                try:
+                    self.run_pass()
+                    self._global_failures = 0
+                except Exception as e:  # source or target unreachable: back off, keep serving health
+                    self._global_failures += 1
+                    log.error(
+                        "pass failed",
+                        error=_error_text(e),
+                        failures=self._global_failures,
+                        retry_in=round(self._next_wait(), 1),
+                    )
+            self._trigger.wait(self._next_wait())
+            self._trigger.clear()
+        log.info("daemon stopping")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.target.close()
+
+
+def _error_text(e: BaseException) -> str:
+    """A one-line, credential-free description of an exception."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(e, ApiException):
+        import json
+
+        reason = ""
+        try:
+            body = json.loads(e.body or "{}")
+            reason = body.get("message", "")
+        except (ValueError, TypeError):
+            reason = (e.body or "")[:200] if isinstance(e.body, str) else ""
+        return f"Kubernetes API {e.status} {e.reason}: {reason}".strip()
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"[:500]

@@ -1,0 +1,55 @@
+"""Prometheus metrics of the daemon (one registry per daemon, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.reconcile_seconds = Histogram(
+            "kaito_gitops_reconcile_duration_seconds",
+            "Time to reconcile one workspace",
+            ["result"],
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+        )
+        self.pass_seconds = Histogram(
+            "kaito_gitops_pass_duration_seconds",
+            "Time of one full reconcile pass",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.queue_depth = Gauge("kaito_gitops_queue_depth", "Workspaces waiting for a worker", registry=r)
+        self.fetch_seconds = Histogram(
+            "kaito_gitops_git_fetch_duration_seconds",
+            "Time to check and fetch the repository",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120),
+        )
+        self.fetch_failures = Counter(
+            "kaito_gitops_git_fetch_failures_total", "Failed repository fetches", registry=r
+        )
+        self.applies = Counter(
+            "kaito_gitops_applies_total", "Objects written (created, updated or replaced)", registry=r
+        )
+        self.prunes = Counter(
+            "kaito_gitops_prunes_total", "Objects deleted because their workspace left git", registry=r
+        )
+        self.errors = Counter(
+            "kaito_gitops_reconcile_errors_total", "Workspace reconciles that failed", registry=r
+        )
+        self.last_sync = Gauge(
+            "kaito_gitops_last_successful_sync_timestamp_seconds",
+            "When a workspace last reconciled without error",
+            ["namespace", "workspace"],
+            registry=r,
+        )
+        self.workspaces = Gauge("kaito_gitops_workspaces", "Workspaces by state", ["state"], registry=r)
+        self.revision_info = Gauge(
+            "kaito_gitops_revision_info", "The revision being reconciled", ["revision"], registry=r
+        )
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,51 @@
+"""Bring your own nodes: nothing to create; ready when matching GPU nodes are Ready."""
+
+from __future__ import annotations
+
+from ..planning import WorkspacePlan
+from ..status import NodeState, ResourceStatus
+
+WorkspaceKey = tuple[str, str]
+
+
+class NoneProvisioner:
+    name = "none"
+
+    def refresh(self) -> None:
+        return None
+
+    def ensure(self, plan: WorkspacePlan, nodes: list[NodeState] | None) -> ResourceStatus:
+        if nodes is None:  # a target without nodes (render, local): nothing to wait for
+            return ResourceStatus(True, "workspaceResourceStatusSuccess", "no nodes needed for this target")
+        want = plan.nodes
+        ready = [n for n in nodes if n.ready and n.gpus > 0]
+        names = tuple(sorted(n.name for n in ready))
+        if not nodes:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(plan.workspace.resource.match_labels.items()))
+            return ResourceStatus(
+                False,
+                "NodeNotFound",
+                f"no node has the labels {labels}; label your GPU nodes or set an instanceType",
+            )
+        if len(ready) < want:
+            without_gpu = [n.name for n in nodes if n.ready and n.gpus == 0]
+            if without_gpu:
+                return ResourceStatus(
+                    False,
+                    "NodePluginsNotReady",
+                    f"nodes {', '.join(without_gpu)} report no nvidia.com/gpu capacity (is the "
+                    "NVIDIA device plugin running?)",
+                    nodes=names,
+                )
+            return ResourceStatus(
+                False, "NodeNotReady", f"{len(ready)} of {want} matching GPU nodes are Ready", nodes=names
+            )
+        return ResourceStatus(
+            True, "workspaceResourceStatusSuccess", f"{len(ready)} matching GPU node(s) ready", nodes=names
+        )
+
+    def release(self, key: WorkspaceKey) -> bool:
+        return True
+
+    def owned(self) -> set[WorkspaceKey]:
+        return set()

@@ -1,0 +1,1 @@
+"""Writing back to git and GitHub: status commits and pull-request reviews."""

@@ -1,0 +1,127 @@
+"""What status looks like in git: one YAML per workspace and a STATUS.md table. Pure.
+
+Nothing in these files ticks: times are absolute and change only when a condition does,
+so an unchanged cluster produces byte-identical files and no commit.
+"""
+
+from __future__ import annotations
+
+from ..daemon import WorkspaceReport
+from ..manifests import dump
+from ..status import WorkspaceStatus
+
+CONDITION_COLUMNS = ("ResourceReady", "InferenceReady", "JobStarted", "WorkspaceSucceeded")
+
+
+def status_path(key: tuple[str, str]) -> str:
+    return f"status/{key[0]}/{key[1]}.yaml"
+
+
+def status_document(r: WorkspaceReport) -> dict:
+    s: WorkspaceStatus = r.status
+    doc: dict = {
+        "apiVersion": "kaito-gitops.io/v1alpha1",
+        "kind": "WorkspaceStatus",
+        "metadata": {"name": r.key[1], "namespace": r.key[0]},
+        "source": {
+            "file": r.path,
+            "observedRevision": r.revision,
+            "appliedRevision": r.applied_revision or None,
+        },
+        "instanceType": r.instance_type or None,
+        "state": s.state,
+        "conditions": [c.as_dict() for c in s.conditions],
+        "endpoint": s.endpoint or None,
+        "workerNodes": list(s.worker_nodes),
+        "nodes": r.nodes,
+        "gpus": r.gpus,
+    }
+    if s.progress is not None:
+        p = s.progress
+        doc["tuning"] = {
+            "step": p.step,
+            "totalSteps": p.total_steps,
+            "loss": round(p.loss, 4) if p.loss is not None else None,
+            "epoch": round(p.epoch, 3) if p.epoch is not None else None,
+            "etaSeconds": int(p.eta_seconds) if p.eta_seconds is not None else None,
+        }
+    errors = [f.text() for f in r.errors]
+    if errors:
+        doc["errors"] = errors
+    doc["lastError"] = s.last_error or None
+    return doc
+
+
+def status_yaml(r: WorkspaceReport) -> str:
+    return dump(status_document(r))
+
+
+def _since(s: WorkspaceStatus) -> str:
+    times = [c.last_transition_time for c in s.conditions if c.last_transition_time]
+    return min(times) if times else ""
+
+
+def status_table(reports: list[WorkspaceReport], header: bool = True) -> list[list[str]]:
+    rows = []
+    for r in sorted(reports, key=lambda r: r.key):
+        conds = {c.type: c.status for c in r.status.conditions}
+        rows.append(
+            [
+                f"{r.key[0]}/{r.key[1]}",
+                r.instance_type or "(own nodes)",
+                *[conds.get(c, "") for c in CONDITION_COLUMNS],
+                r.status.state,
+                r.status.endpoint or "",
+                _since(r.status),
+            ]
+        )
+    if header:
+        rows.insert(
+            0,
+            [
+                "NAME",
+                "INSTANCE",
+                "RESOURCEREADY",
+                "INFERENCEREADY",
+                "JOBSTARTED",
+                "WORKSPACESUCCEEDED",
+                "STATE",
+                "ENDPOINT",
+                "SINCE",
+            ],
+        )
+    return rows
+
+
+def status_markdown(reports: list[WorkspaceReport], revision: str) -> str:
+    rows = status_table(reports, header=False)
+    out = [
+        "# Workspace status",
+        "",
+        f"Written by kaito-gitops for revision `{revision[:12]}`. One file per workspace under `status/`.",
+        "",
+        "| NAME | INSTANCE | RESOURCEREADY | INFERENCEREADY | JOBSTARTED | WORKSPACESUCCEEDED | STATE | ENDPOINT | SINCE |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    errors = [(r.key, r.errors[0].text()) for r in reports if r.errors]
+    if errors:
+        out += ["", "## Errors", ""]
+        out += [f"- `{k[0]}/{k[1]}`: {msg}" for k, msg in errors]
+    return "\n".join(out) + "\n"
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return (
+        "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+        + "\n"
+    )
+
+
+def status_files(reports: list[WorkspaceReport], revision: str) -> dict[str, str]:
+    """Every file the status tree should hold, by path relative to the status root."""
+    files = {status_path(r.key): status_yaml(r) for r in reports}
+    files["STATUS.md"] = status_markdown(reports, revision)
+    return files

@@ -1,0 +1,183 @@
+"""Settings of `kaito-gitops run`: flags, then environment, then a config file, then defaults.
+
+Every option can be written three ways: `--webhook-listen :8080`, `KAITO_GITOPS_WEBHOOK_LISTEN=:8080`
+or `webhook-listen: ":8080"` in the file given by `--config`. Secrets never have a value
+option: only `*-file` paths (or, for the webhook secret, an environment variable), so they
+do not show in `ps` or shell history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+ENV_PREFIX = "KAITO_GITOPS_"
+
+
+def duration(text: str | float | int) -> float:
+    """'90s', '5m', '1h30m', '250ms' or a number of seconds -> seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    s = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        return float(s)
+    total, pos = 0.0, 0
+    for m in re.finditer(r"(\d+(?:\.\d+)?)(ms|s|m|h)", s):
+        if m.start() != pos:
+            raise ValueError(f"cannot read duration {text!r} (use 30s, 5m, 1h)")
+        total += float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+        pos = m.end()
+    if pos != len(s) or not s:
+        raise ValueError(f"cannot read duration {text!r} (use 30s, 5m, 1h)")
+    return total
+
+
+@dataclass
+class RunConfig:
+    repo: str = ""
+    branch: str = "main"
+    path: list[str] = field(default_factory=list)
+    target: str = "kubernetes"
+    out: str = ""
+    once: bool = False
+    interval: float = 60.0
+    resync: float = 600.0
+    namespace: str = "default"
+    cache_dir: str = ".kaito-gitops/cache"
+    workers: int = 8
+    allow_empty_prune: bool = False
+    provisioner: str = ""  # default: aks when AKS settings are given, else none
+    kubeconfig: str = ""
+    context: str = ""
+    listen: str = ":8080"  # the ops port: health, metrics, webhook ("" = off)
+    webhook_secret_file: str = ""
+    git_token_file: str = ""
+    git_ssh_key_file: str = ""
+    git_known_hosts_file: str = ""
+    leader_election: bool = False
+    lease_namespace: str = ""
+    lease_name: str = "kaito-gitops-leader"
+    log_format: str = "json"
+    log_level: str = "info"
+    inference_image: str = "ghcr.io/kaito-gitops/inference:0.1.0"
+    tuning_image: str = "ghcr.io/kaito-gitops/tuning:0.1.0"
+    image_pull_secret: list[str] = field(default_factory=list)
+    # AKS node provisioning
+    aks_subscription: str = ""
+    aks_resource_group: str = ""
+    aks_cluster: str = ""
+    arm_endpoint: str = "https://management.azure.com"
+    arm_audience: str = ""  # token audience when arm-endpoint is not a known cloud's
+    authority_host: str = ""
+    # status written back to git
+    status: str = "branch"  # branch | tree | off
+    status_branch: str = "kaito-status"
+    status_dir: str = ".kaito/status"
+    # GitHub pull-request review
+    github_repo: str = ""  # owner/name
+    github_api_url: str = "https://api.github.com"
+    github_token_file: str = ""
+    github_app_id: str = ""
+    github_app_key_file: str = ""
+    github_installation_id: str = ""
+    review_interval: float = 300.0
+    local_state_dir: str = ".kaito-gitops/local"
+
+    @property
+    def webhook_secret(self) -> bytes:
+        if self.webhook_secret_file:
+            return Path(self.webhook_secret_file).read_bytes().strip()
+        return os.environ.get(ENV_PREFIX + "WEBHOOK_SECRET", "").encode()
+
+
+_BOOLS = {f.name for f in fields(RunConfig) if f.type in ("bool", bool)}
+_LISTS = {f.name for f in fields(RunConfig) if str(f.type).startswith("list")}
+_FLOATS = {"interval", "resync", "review_interval"}
+_INTS = {"workers"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in _BOOLS:
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
+    if name in _LISTS:
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return [v for v in re.split(r"[,\s]+", str(value)) if v]
+    if name in _FLOATS:
+        return duration(value)
+    if name in _INTS:
+        return int(value)
+    return str(value)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for every RunConfig field; defaults are None so we can tell 'not given'."""
+    p.add_argument("--config", help="YAML file with the same settings (flag names without dashes)")
+    help_text = {
+        "repo": "git URL or local path of the repository to watch",
+        "path": "folder in the repository (repeatable)",
+        "target": "kubernetes | local | render",
+        "out": "folder for the render target",
+        "once": "run one pass and exit (exit code 1 when a workspace failed)",
+        "interval": "polling interval (30s, 5m)",
+        "resync": "observe every workspace at least this often",
+        "listen": "host:port for /healthz, /readyz, /metrics and /webhook ('' to turn off)",
+        "provisioner": "none (bring your own nodes) | aks",
+        "status": "branch | tree | off",
+    }
+    for f in fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in _BOOLS:
+            p.add_argument(flag, action="store_const", const=True, default=None, help=help_text.get(f.name))
+        elif f.name in _LISTS:
+            p.add_argument(flag, action="append", default=None, help=help_text.get(f.name))
+        else:
+            p.add_argument(flag, default=None, help=help_text.get(f.name))
+
+
+def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> RunConfig:
+    environ = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        data = YAML(typ="safe").load(Path(config_path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{config_path}: expected a mapping of settings")
+        known = {f.name for f in fields(RunConfig)}
+        for k, v in data.items():
+            name = str(k).replace("-", "_")
+            if name not in known:
+                raise ValueError(f"{config_path}: unknown setting {k!r}")
+            file_values[name] = v
+    cfg = RunConfig()
+    for f in fields(RunConfig):
+        value = getattr(args, f.name, None)
+        if value is None:
+            env_value = environ.get(ENV_PREFIX + f.name.upper())
+            value = env_value if env_value is not None else file_values.get(f.name)
+        if value is not None:
+            setattr(cfg, f.name, _coerce(f.name, value))
+    if not cfg.repo:
+        raise ValueError("--repo is required (a git URL or a local path)")
+    if cfg.target not in ("kubernetes", "local", "render"):
+        raise ValueError(f"--target must be kubernetes, local or render, not {cfg.target!r}")
+    if cfg.target == "render" and not cfg.out:
+        raise ValueError("--target render needs --out DIR")
+    if cfg.status not in ("branch", "tree", "off"):
+        raise ValueError(f"--status must be branch, tree or off, not {cfg.status!r}")
+    if not cfg.provisioner:
+        cfg.provisioner = "aks" if (cfg.aks_cluster and cfg.target == "kubernetes") else "none"
+    return cfg
+
+
+def listen_address(text: str) -> tuple[str, int] | None:
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    return (host or "0.0.0.0", int(port))

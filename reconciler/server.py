@@ -1,0 +1,117 @@
+"""The daemon's one HTTP port: /healthz, /readyz, /metrics and /webhook (GitHub).
+
+Runs uvicorn in a background thread so the reconcile loop stays plain synchronous code.
+/healthz says the process and its loop are alive (even while git or the cluster are down);
+/readyz says this replica is the leader and has completed a pass, so a Service sends
+webhooks only to the replica that acts on them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .source.webhook import Answer, PullRequestEvent, PushEvent, WebhookReceiver
+
+log = structlog.get_logger("kaito_gitops.server")
+
+
+class OpsServer:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        metrics_text: Callable[[], bytes],
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+        receiver: WebhookReceiver | None = None,
+        on_push: Callable[[PushEvent], None] | None = None,
+        on_pull_request: Callable[[PullRequestEvent], None] | None = None,
+    ):
+        self.receiver = receiver
+        self.on_push = on_push
+        self.on_pull_request = on_pull_request
+        self._metrics_text = metrics_text
+        self._healthy = healthy
+        self._ready = ready
+        app = Starlette(
+            routes=[
+                Route("/healthz", self.healthz),
+                Route("/readyz", self.readyz),
+                Route("/metrics", self.metrics),
+                Route("/webhook", self.webhook, methods=["POST"]),
+            ]
+        )
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=5,
+            limit_concurrency=256,
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name="ops-server", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> OpsServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.server.started:
+            raise RuntimeError(f"the ops server did not start on port {self.config.port}")
+        return self
+
+    @property
+    def port(self) -> int:
+        for s in self.server.servers:
+            for sock in s.sockets:
+                return sock.getsockname()[1]
+        return self.config.port
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    async def healthz(self, request: Request) -> Response:
+        ok = self._healthy()
+        return JSONResponse({"status": "ok" if ok else "stalled"}, status_code=200 if ok else 503)
+
+    async def readyz(self, request: Request) -> Response:
+        ok = self._ready()
+        return JSONResponse({"status": "ready" if ok else "not ready"}, status_code=200 if ok else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        return PlainTextResponse(self._metrics_text(), media_type="text/plain; version=0.0.4")
+
+    async def webhook(self, request: Request) -> Response:
+        if self.receiver is None:
+            return JSONResponse({"message": "webhooks are not configured"}, status_code=404)
+        body = bytearray()
+        async for chunk in request.stream():  # stop reading at the cap instead of buffering a huge body
+            body += chunk
+            if len(body) > self.receiver.max_body:
+                return JSONResponse({"message": f"body over {self.receiver.max_body} bytes"}, status_code=413)
+        answer: Answer = self.receiver.handle(dict(request.headers), bytes(body))
+        if answer.status in (401, 413, 400):
+            log.warning(
+                "webhook refused",
+                status=answer.status,
+                reason=answer.message,
+                delivery=request.headers.get("x-github-delivery", ""),
+            )
+        if isinstance(answer.event, PushEvent) and self.on_push:
+            self.on_push(answer.event)
+        elif isinstance(answer.event, PullRequestEvent) and self.on_pull_request:
+            self.on_pull_request(answer.event)
+        return JSONResponse({"message": answer.message}, status_code=answer.status)

@@ -1,0 +1,196 @@
+"""The git source: the watched branch's newest revision and the workspace files in it.
+
+A remote repository is fetched into a bare cache repository, shallow (depth 1, one branch),
+and only after `git ls-remote` shows the branch moved; files are read from the commit's tree,
+never checked out. A local path is read in place. Credentials come from files and reach git
+through the environment (never the URL, argv or logs).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import git
+import structlog
+
+from .tree import revision_files
+
+log = structlog.get_logger("kaito_gitops.source")
+
+GIT_TIMEOUT = 120
+
+
+class SourceError(Exception):
+    """Fetching the repository failed; the message is safe to log (no credentials)."""
+
+
+@dataclass(frozen=True)
+class GitAuth:
+    token_file: str | None = None  # HTTPS: a token (GitHub PAT, installation token) in a file
+    username: str = "x-access-token"
+    ssh_key_file: str | None = None
+    known_hosts_file: str | None = None
+
+    def env(self) -> dict[str, str]:
+        env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true"}
+        if self.token_file:
+            token = Path(self.token_file).read_text().strip()
+            basic = base64.b64encode(f"{self.username}:{token}".encode()).decode()
+            env.update(
+                {
+                    "GIT_CONFIG_COUNT": "1",
+                    "GIT_CONFIG_KEY_0": "http.extraHeader",
+                    "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+                }
+            )
+        if self.ssh_key_file:
+            parts = ["ssh", "-i", self.ssh_key_file, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"]
+            if self.known_hosts_file:
+                parts += [
+                    "-o",
+                    f"UserKnownHostsFile={self.known_hosts_file}",
+                    "-o",
+                    "StrictHostKeyChecking=yes",
+                ]
+            env["GIT_SSH_COMMAND"] = " ".join(parts)
+        return env
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user:password part, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return url
+
+
+_SECRETISH = re.compile(r"(Authorization: \w+ )\S+|(://)[^/@\s]+@", re.IGNORECASE)
+
+
+def _clean(text: str) -> str:
+    return _SECRETISH.sub(lambda m: (m.group(1) or m.group(2)) + "***" + ("" if m.group(1) else "@"), text)
+
+
+class GitSource:
+    def __init__(
+        self,
+        repo: str,
+        branch: str = "main",
+        cache_dir: str | Path = ".kaito-gitops/cache",
+        auth: GitAuth | None = None,
+        depth: int = 1,
+    ):
+        self.branch = branch
+        self.auth = auth or GitAuth()
+        self.depth = depth
+        self._lock = threading.Lock()
+        local = Path(repo).expanduser()
+        self.local = local.exists() and not re.match(r"^\w+://", repo)
+        if self.local:
+            self.url = str(local.resolve())
+            self.repo = git.Repo(self.url)
+        else:
+            parts = urlsplit(repo)
+            if parts.username or parts.password:
+                raise SourceError(
+                    "credentials in the repository URL are not allowed (they end up in logs and process "
+                    "lists); put the token in a file and pass --git-token-file"
+                )
+            self.url = repo
+            cache = Path(cache_dir) / hashlib.sha256(repo.encode()).hexdigest()[:16]
+            cache.mkdir(parents=True, exist_ok=True)
+            self.repo = git.Repo.init(cache, bare=True) if not (cache / "HEAD").exists() else git.Repo(cache)
+        self.display = redact_url(self.url)
+        self.last_fetch_seconds = 0.0
+
+    # ------------------------------------------------------------------------------------
+    def _git(self, *args: str) -> str:
+        env = {**os.environ, **self.auth.env()}
+        try:
+            return self.repo.git.execute(["git", *args], env=env, kill_after_timeout=GIT_TIMEOUT)
+        except git.GitCommandError as e:
+            detail = _clean((e.stderr or str(e)).strip())
+            raise SourceError(f"git {args[0]} {self.display} failed: {detail[-500:]}") from None
+
+    @property
+    def _tracking_ref(self) -> str:
+        return f"refs/remotes/origin/{self.branch}"
+
+    def remote_head(self) -> str:
+        """The branch's newest commit on the remote, without fetching objects."""
+        if self.local:
+            try:
+                return self.repo.commit(f"refs/heads/{self.branch}").hexsha
+            except (git.BadName, ValueError):
+                raise SourceError(f"{self.display} has no branch {self.branch}") from None
+        out = self._git("ls-remote", "--", self.url, f"refs/heads/{self.branch}")
+        line = out.strip().splitlines()[0] if out.strip() else ""
+        if not line:
+            raise SourceError(f"{self.display} has no branch {self.branch}")
+        return line.split()[0]
+
+    def sync(self) -> str:
+        """Make the newest revision of the branch available locally; return its sha."""
+        with self._lock:
+            start = time.perf_counter()
+            head = self.remote_head()
+            if not self.local:
+                try:
+                    have = self.repo.commit(self._tracking_ref).hexsha
+                except (git.BadName, ValueError):
+                    have = ""
+                if have != head:
+                    self.fetch(f"+refs/heads/{self.branch}:{self._tracking_ref}")
+            self.last_fetch_seconds = time.perf_counter() - start
+            return head
+
+    def fetch(self, refspec: str) -> None:
+        args = ["fetch", "--no-tags", "--prune"]
+        if self.depth:
+            args += [f"--depth={self.depth}"]
+        self._git(*args, "--", self.url, refspec)
+
+    def fetch_commit(self, ref: str) -> str:
+        """Fetch another ref (a pull request head, a base branch) and return its sha."""
+        if self.local:
+            return self.repo.commit(ref).hexsha
+        local_ref = "refs/kaito-gitops/" + re.sub(r"[^A-Za-z0-9/_.-]", "_", ref.removeprefix("refs/"))
+        self.fetch(f"+{ref}:{local_ref}")
+        return self.repo.commit(local_ref).hexsha
+
+    def has_commit(self, sha: str) -> bool:
+        """Whether the commit object is really here (gitpython resolves names lazily)."""
+        try:
+            self.repo.git.execute(["git", "cat-file", "-e", f"{sha}^{{commit}}"])
+            return True
+        except git.GitCommandError:
+            return False
+
+    def changed_paths(self, old: str, new: str) -> list[str]:
+        """Paths that differ between two commits (both must be in the local repository)."""
+        if not (self.has_commit(old) and self.has_commit(new)):
+            raise SourceError("cannot compare revisions that are not both fetched")
+        return [p for p in self._git("diff", "--name-only", old, new).splitlines() if p]
+
+    def files(self, rev: str, prefixes: list[str], max_bytes: int) -> list[tuple[str, bytes]]:
+        return list(revision_files(self.repo, rev, prefixes, max_bytes))
+
+    def watch_paths(self) -> list[str]:
+        """Where a local repository's refs live (for the file watcher)."""
+        if not self.local:
+            return []
+        return [self.repo.git_dir]

@@ -1,0 +1,1 @@
+"""Where workloads run: a Kubernetes cluster, local processes, or YAML files on disk."""

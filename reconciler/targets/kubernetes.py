@@ -1,0 +1,425 @@
+"""The Kubernetes target: server-side apply through the official client, drift-aware.
+
+Once per pass `refresh` lists every object kaito-gitops manages (one LIST per kind, by the
+managed-by label), plus pods and nodes. Workers then compare each workspace's desired
+objects with that snapshot and write only objects that are missing, whose desired hash
+changed, or that drifted (edited out of band); a pass over an unchanged repository writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ..planning import WorkspacePlan
+from ..render.common import (
+    ANNOTATION_OBJECT_HASH,
+    ANNOTATION_REVISION,
+    ANNOTATION_SOURCE,
+    ANNOTATION_SPEC_HASH,
+    GPU_RESOURCE,
+    LABEL_MANAGED_BY,
+    LABEL_WORKSPACE,
+    LABEL_WORKSPACE_NS,
+    MANAGED_BY,
+)
+from ..status import JobState, NodeState, Observation, PodState, Progress
+from .base import ApplyResult, WorkspaceKey
+
+log = structlog.get_logger("kaito_gitops.kubernetes")
+
+FIELD_MANAGER = "kaito-gitops"
+SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+APPLY = "application/apply-patch+yaml"
+TIMEOUT = (5, 30)  # connect, read seconds
+
+
+@dataclass(frozen=True)
+class KindApi:
+    api: type
+    suffix: str  # e.g. "stateful_set" -> patch_namespaced_stateful_set
+
+
+# Apply order: configuration, then services, then workloads. Removal runs in reverse.
+KINDS: dict[str, KindApi] = {
+    "ConfigMap": KindApi(client.CoreV1Api, "config_map"),
+    "Service": KindApi(client.CoreV1Api, "service"),
+    "StatefulSet": KindApi(client.AppsV1Api, "stateful_set"),
+    "Job": KindApi(client.BatchV1Api, "job"),
+}
+ORDER = list(KINDS)
+REPLACE_ON_CHANGE = {"Job"}  # a Job's pod template is immutable
+VOLATILE_ANNOTATIONS = {ANNOTATION_REVISION, ANNOTATION_SOURCE, ANNOTATION_SPEC_HASH}
+
+
+def _json(resp) -> Any:
+    data = resp.data if hasattr(resp, "data") else resp
+    return json.loads(data) if data else {}
+
+
+def subset_differs(desired: Any, live: Any, path: str = "") -> str | None:
+    """Where `live` does not contain `desired` (None when it does).
+
+    The API server adds defaults and status, so a live object is a superset of what we
+    applied; only values we set, and that are now different or gone, count as drift.
+    """
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return path or "."
+        for k, v in desired.items():
+            if path == ".metadata.annotations" and k in VOLATILE_ANNOTATIONS:
+                continue
+            if k not in live:
+                return f"{path}.{k}"
+            d = subset_differs(v, live[k], f"{path}.{k}")
+            if d:
+                return d
+        return None
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(live) != len(desired):
+            return path
+        for i, (a, b) in enumerate(zip(desired, live, strict=True)):
+            d = subset_differs(a, b, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    if desired == live or str(desired) == str(live):  # quantities come back as strings
+        return None
+    return path
+
+
+def _strip_for_compare(obj: dict) -> dict:
+    md = obj.get("metadata", {})
+    keep = {k: md[k] for k in ("name", "namespace", "labels", "annotations") if k in md}
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": keep}
+
+
+class KubernetesTarget:
+    name = "kubernetes"
+
+    def __init__(self, api_client: client.ApiClient, *, log_tail_lines: int = 200,
+                 timeout: tuple[float, float] = TIMEOUT):
+        self.api_client = api_client
+        self.timeout = timeout
+        self._apis: dict[type, Any] = {}
+        self._lock = threading.Lock()
+        self.objects: dict[tuple[str, str, str, str], dict] = {}  # (ns, workspace, kind, name) -> live object
+        self.pods: dict[WorkspaceKey, list[dict]] = {}
+        self.nodes_list: list[dict] = []
+        self.log_tail_lines = log_tail_lines
+        self.list_calls = 0
+
+    # -- plumbing ---------------------------------------------------------------------
+    def _api(self, cls: type):
+        api = self._apis.get(cls)
+        if api is None:
+            api = self._apis[cls] = cls(self.api_client)
+        return api
+
+    def _call(self, kind: str, verb: str, *args, **kwargs):
+        ka = KINDS[kind]
+        method = getattr(
+            self._api(ka.api),
+            f"{verb}_{ka.suffix}" if verb.startswith("list") else f"{verb}_namespaced_{ka.suffix}",
+        )
+        return method(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs)
+
+    # -- the snapshot -------------------------------------------------------------------
+    def refresh(self) -> None:
+        objects: dict[tuple[str, str, str, str], dict] = {}
+        for kind, ka in KINDS.items():
+            method = getattr(self._api(ka.api), f"list_{ka.suffix}_for_all_namespaces")
+            data = _json(method(label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout))
+            self.list_calls += 1
+            for item in data.get("items", []):
+                md = item["metadata"]
+                labels = md.get("labels") or {}
+                ws_ns = labels.get(LABEL_WORKSPACE_NS, md.get("namespace", ""))
+                objects[(ws_ns, labels.get(LABEL_WORKSPACE, ""), kind, md["name"])] = {
+                    "apiVersion": item.get("apiVersion") or data.get("apiVersion", "").replace("List", ""),
+                    "kind": kind,
+                    **{k: v for k, v in item.items() if k not in ("apiVersion", "kind")},
+                }
+        core = self._api(client.CoreV1Api)
+        pods_data = _json(
+            core.list_pod_for_all_namespaces(
+                label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout
+            )
+        )
+        nodes_data = _json(core.list_node(_preload_content=False, _request_timeout=self.timeout))
+        self.list_calls += 2
+        pods: dict[WorkspaceKey, list[dict]] = {}
+        for p in pods_data.get("items", []):
+            labels = p["metadata"].get("labels") or {}
+            key = (
+                labels.get(LABEL_WORKSPACE_NS, p["metadata"].get("namespace", "")),
+                labels.get(LABEL_WORKSPACE, ""),
+            )
+            pods.setdefault(key, []).append(p)
+        with self._lock:
+            self.objects, self.pods, self.nodes_list = objects, pods, nodes_data.get("items", [])
+
+    def live_workspaces(self) -> dict[WorkspaceKey, str]:
+        out: dict[WorkspaceKey, str] = {}
+        with self._lock:
+            for (ns, ws, _kind, _name), obj in self.objects.items():
+                ann = obj["metadata"].get("annotations") or {}
+                out.setdefault((ns, ws), ann.get(ANNOTATION_SOURCE, ""))
+        return out
+
+    def _live_of(self, key: WorkspaceKey) -> dict[tuple[str, str], dict]:
+        with self._lock:
+            return {
+                (kind, name): obj for (ns, ws, kind, name), obj in self.objects.items() if (ns, ws) == key
+            }
+
+    # -- writes -------------------------------------------------------------------------
+    def _needs_write(self, desired: dict, live: dict | None) -> str | None:
+        if live is None:
+            return "missing"
+        want = desired["metadata"]["annotations"].get(ANNOTATION_OBJECT_HASH)
+        have = (live["metadata"].get("annotations") or {}).get(ANNOTATION_OBJECT_HASH)
+        if want != have:
+            return "changed"
+        drift = subset_differs(_strip_for_compare(desired), live)
+        return f"drifted at {drift}" if drift else None
+
+    def _apply_one(self, obj: dict) -> dict:
+        md = obj["metadata"]
+        resp = self._call(
+            obj["kind"],
+            "patch",
+            md["name"],
+            md["namespace"],
+            obj,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+        return _json(resp)
+
+    def _delete_one(self, kind: str, namespace: str, name: str) -> None:
+        try:
+            self._call(kind, "delete", name, namespace, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def apply(self, plan: WorkspacePlan) -> ApplyResult:
+        result = ApplyResult()
+        key = plan.key
+        live = self._live_of(key)
+        wanted = {(o["kind"], o["metadata"]["name"]) for o in plan.objects}
+        for obj in sorted(plan.objects, key=lambda o: ORDER.index(o["kind"])):
+            ident = (obj["kind"], obj["metadata"]["name"])
+            why = self._needs_write(obj, live.get(ident))
+            if why is None:
+                continue
+            if obj["kind"] in REPLACE_ON_CHANGE and why == "changed":
+                self._delete_one(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+                result.writes += 1
+                result.deleted.append(f"{ident[0]}/{ident[1]}")
+            try:
+                stored = self._apply_one(obj)
+            except ApiException as e:
+                if e.status == 422 and "immutable" in (e.body or "") and live.get(ident) is not None:
+                    # a field the API will not change in place: replace the object
+                    self._delete_one(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+                    result.writes += 1
+                    stored = self._apply_one(obj)
+                else:
+                    raise
+            result.writes += 1
+            result.applied.append(f"{ident[0]}/{ident[1]} ({why})")
+            log.info("applied", workspace=f"{key[0]}/{key[1]}", object=f"{ident[0]}/{ident[1]}", reason=why)
+            with self._lock:
+                self.objects[(key[0], key[1], ident[0], ident[1])] = {**stored, "kind": ident[0]}
+        # objects of this workspace that the plan no longer has (e.g. a ConfigMap dropped)
+        for kind, name in sorted(set(live) - wanted, key=lambda kn: -ORDER.index(kn[0])):
+            self._delete_one(kind, live[(kind, name)]["metadata"]["namespace"], name)
+            result.writes += 1
+            result.deleted.append(f"{kind}/{name}")
+            with self._lock:
+                self.objects.pop((key[0], key[1], kind, name), None)
+        return result
+
+    def remove(self, key: WorkspaceKey) -> tuple[bool, ApplyResult]:
+        result = ApplyResult()
+        live = self._live_of(key)
+        for kind, name in sorted(live, key=lambda kn: -ORDER.index(kn[0])):
+            self._delete_one(kind, live[(kind, name)]["metadata"]["namespace"], name)
+            result.writes += 1
+            result.deleted.append(f"{kind}/{name}")
+            log.info("pruned", workspace=f"{key[0]}/{key[1]}", object=f"{kind}/{name}")
+            with self._lock:
+                self.objects.pop((key[0], key[1], kind, name), None)
+        return True, result
+
+    # -- observation ----------------------------------------------------------------------
+    def nodes(self, plan: WorkspacePlan) -> list[NodeState]:
+        want = dict(plan.workspace.resource.match_labels)
+        if plan.node_pool is not None:
+            want.update({LABEL_WORKSPACE: plan.workspace.name, LABEL_WORKSPACE_NS: plan.workspace.namespace})
+        out = []
+        with self._lock:
+            nodes = list(self.nodes_list)
+        for n in nodes:
+            labels = n["metadata"].get("labels") or {}
+            if any(labels.get(k) != v for k, v in want.items()):
+                continue
+            out.append(node_state(n))
+        return out
+
+    def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
+        kind = plan.kind if plan else "inference"
+        live = self._live_of(key)
+        applied = plan is not None and all(
+            self._needs_write(o, live.get((o["kind"], o["metadata"]["name"]))) is None for o in plan.objects
+        )
+        with self._lock:
+            pods = list(self.pods.get(key, []))
+        pod_states = tuple(pod_state(p) for p in pods)
+        nodes = tuple(self.nodes(plan)) if plan else ()
+        if kind == "tuning":
+            job = next((o for (k, _), o in live.items() if k == "Job"), None)
+            js = job_state(job) if job else None
+            progress = self._progress(key, pods) if js and (js.active or js.succeeded or js.failed) else None
+            return Observation("tuning", applied, pods=pod_states, nodes=nodes, job=js, progress=progress)
+        sts = next((o for (k, _), o in live.items() if k == "StatefulSet"), None)
+        status = (sts or {}).get("status") or {}
+        svc = live.get(("Service", key[1]))
+        return Observation(
+            "inference",
+            applied,
+            replicas=(sts or {}).get("spec", {}).get("replicas", 0) if sts else 0,
+            ready_replicas=status.get("readyReplicas", 0) or 0,
+            pods=pod_states,
+            nodes=nodes,
+            endpoint=endpoint(svc) if svc else "",
+        )
+
+    def _progress(self, key: WorkspaceKey, pods: list[dict]) -> Progress | None:
+        """The tuning runtime logs progress as JSON lines; read the newest from the pod's log."""
+        running = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        if not running:
+            return None
+        pod = running[-1]
+        try:
+            resp = self._api(client.CoreV1Api).read_namespaced_pod_log(
+                pod["metadata"]["name"],
+                pod["metadata"]["namespace"],
+                container=key[1],
+                tail_lines=self.log_tail_lines,
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+            text = resp.data.decode("utf-8", "replace")
+        except ApiException:
+            return None
+        return parse_progress_log(text)
+
+    def close(self) -> None:
+        return None
+
+
+def parse_progress_log(text: str) -> Progress | None:
+    """The newest progress record in a tuning log (one JSON object per line)."""
+    from ..progress_format import progress_from_dict
+
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if not (line.startswith("{") and '"step"' in line):
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        p = progress_from_dict(data)
+        if p is not None:
+            return p
+    return None
+
+
+def node_state(n: dict) -> NodeState:
+    status = n.get("status") or {}
+    conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    alloc = (
+        (status.get("allocatable") or {}).get(GPU_RESOURCE)
+        or (status.get("capacity") or {}).get(GPU_RESOURCE)
+        or "0"
+    )
+    try:
+        gpus = int(str(alloc))
+    except ValueError:
+        gpus = 0
+    pressure = tuple(t for t in ("MemoryPressure", "DiskPressure", "PIDPressure") if conds.get(t) == "True")
+    return NodeState(n["metadata"]["name"], conds.get("Ready") == "True", gpus, pressure)
+
+
+def pod_state(p: dict) -> PodState:
+    status = p.get("status") or {}
+    waiting_reason = waiting_message = last_terminated = ""
+    ready = False
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        if "waiting" in state and not waiting_reason:
+            waiting_reason = state["waiting"].get("reason", "")
+            waiting_message = state["waiting"].get("message", "")
+        term = (cs.get("lastState") or {}).get("terminated") or state.get("terminated") or {}
+        if term.get("reason") == "OOMKilled":
+            last_terminated = "OOMKilled"
+        ready = ready or bool(cs.get("ready"))
+    unsched = ""
+    for c in status.get("conditions") or []:
+        if (
+            c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ):
+            unsched = c.get("message", "unschedulable")
+        if c.get("type") == "Ready":
+            ready = c.get("status") == "True"
+    evicted = status.get("message", "") if status.get("reason") == "Evicted" else ""
+    return PodState(
+        p["metadata"]["name"],
+        status.get("phase", "Unknown"),
+        ready,
+        waiting_reason,
+        waiting_message,
+        last_terminated,
+        unsched,
+        evicted,
+        (p.get("spec") or {}).get("nodeName", ""),
+    )
+
+
+def job_state(job: dict) -> JobState:
+    s = job.get("status") or {}
+    failed_message = ""
+    for c in s.get("conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            failed_message = c.get("message") or c.get("reason", "")
+    return JobState(
+        s.get("active", 0) or 0,
+        s.get("ready", 0) or 0,
+        s.get("succeeded", 0) or 0,
+        s.get("failed", 0) or 0,
+        failed_message,
+    )
+
+
+def endpoint(svc: dict) -> str:
+    md = svc["metadata"]
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    if ingress:
+        host = ingress[0].get("ip") or ingress[0].get("hostname")
+        if host:
+            return f"http://{host}"
+    return f"http://{md['name']}.{md['namespace']}.svc.cluster.local"

@@ -1,0 +1,94 @@
+"""The render target: desired objects as YAML files, for Flux or Argo CD to apply.
+
+Writes one file per object under OUT/<namespace>/<workspace>/ and deletes the folders of
+workspaces that are gone, so kaito-gitops can hydrate manifests into another repository or
+a folder a second tool watches. Files are replaced atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..loading import load_text
+from ..manifests import dump, file_name
+from ..planning import WorkspacePlan
+from ..render.common import ANNOTATION_SOURCE
+from ..status import NodeState, Observation
+from .base import ApplyResult, WorkspaceKey
+
+
+class RenderTarget:
+    name = "render"
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._live: dict[WorkspaceKey, dict[str, str]] = {}
+
+    def refresh(self) -> None:
+        live: dict[WorkspaceKey, dict[str, str]] = {}
+        for folder in sorted(p for p in self.out.glob("*/*") if p.is_dir()):
+            key = (folder.parent.name, folder.name)
+            live[key] = {f.name: f.read_text() for f in sorted(folder.glob("*.yaml"))}
+        self._live = live
+
+    def live_workspaces(self) -> dict[WorkspaceKey, str]:
+        out = {}
+        for key, files in self._live.items():
+            source = ""
+            for text in files.values():
+                docs = load_text("x.yaml", text.encode()).documents
+                if docs:
+                    source = ((docs[0].data.get("metadata") or {}).get("annotations") or {}).get(
+                        ANNOTATION_SOURCE, ""
+                    )
+                    break
+            out[key] = source
+        return out
+
+    def apply(self, plan: WorkspacePlan) -> ApplyResult:
+        result = ApplyResult()
+        folder = self.out / plan.key[0] / plan.key[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        have = self._live.get(plan.key, {})
+        want = {file_name(o): dump(o) for o in plan.objects}
+        for name, text in want.items():
+            if have.get(name) == text:
+                continue
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, folder / name)
+            result.writes += 1
+            result.applied.append(name)
+        for name in set(have) - set(want):
+            (folder / name).unlink(missing_ok=True)
+            result.writes += 1
+            result.deleted.append(name)
+        self._live[plan.key] = want
+        return result
+
+    def remove(self, key: WorkspaceKey) -> tuple[bool, ApplyResult]:
+        result = ApplyResult()
+        folder = self.out / key[0] / key[1]
+        if folder.exists():
+            result.deleted = sorted(p.name for p in folder.glob("*.yaml"))
+            result.writes = len(result.deleted)
+            shutil.rmtree(folder)
+            if folder.parent.exists() and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()
+        self._live.pop(key, None)
+        return True, result
+
+    def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
+        have = self._live.get(key, {})
+        applied = plan is not None and all(have.get(file_name(o)) == dump(o) for o in plan.objects)
+        kind = plan.kind if plan else "inference"
+        return Observation(kind, applied, rendered=True)
+
+    def nodes(self, plan: WorkspacePlan) -> list[NodeState] | None:
+        return None
+
+    def close(self) -> None:
+        return None

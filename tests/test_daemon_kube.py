@@ -1,0 +1,361 @@
+"""The daemon against a real git remote and the Kubernetes API double, through the official client.
+
+Covers server-side apply, zero-write passes, drift, prune, API faults, restarts, status from
+observed pods/nodes, the AKS provisioner end to end, and leader election.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from doubles.kube_api import KubeAPIServer
+from kubernetes import client
+from support.gitserver import GitDaemon, GitRemote
+
+from reconciler.daemon import Daemon, DaemonSettings
+from reconciler.leader import LeaseElector
+from reconciler.provisioners.none import NoneProvisioner
+from reconciler.server import OpsServer
+from reconciler.source.git import GitSource
+from reconciler.targets.kubernetes import KubernetesTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
+TUNE = (ROOT / "example-repo" / "workspaces" / "tuning-phi-3.yaml").read_text()
+
+
+def ws(name: str, preset: str = "smollm2-135m-instruct") -> str:
+    return (SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("apps: smollm2", f"apps: {name}")
+            .replace("smollm2-135m-instruct", preset))
+
+
+@pytest.fixture
+def kube():
+    with KubeAPIServer() as k:
+        yield k
+
+
+@pytest.fixture
+def remote(tmp_path):
+    d = GitDaemon(tmp_path / "served").start()
+    r = GitRemote(tmp_path / "served", "gitops.git")
+    r.url = d.url("remotes/gitops.git")
+    yield r
+    d.stop()
+
+
+def make(kube, remote, tmp_path, provisioner=None, **kw):
+    api = client.ApiClient(kube.client_config())
+    target = KubernetesTarget(api, timeout=(2, 2))
+    settings = DaemonSettings(paths=["workspaces"], workers=4, backoff_min=0.05, backoff_max=0.2, **kw)
+    return Daemon(GitSource(remote.url, "main", tmp_path / "cache"), target, provisioner or NoneProvisioner(), settings)
+
+
+def gpu_node(name: str, labels: dict, gpus: int = 1, ready: bool = True, pressure: str | None = None) -> dict:
+    conds = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if pressure:
+        conds.append({"type": pressure, "status": "True"})
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "status": {"conditions": conds, "allocatable": {"nvidia.com/gpu": str(gpus)},
+                       "capacity": {"nvidia.com/gpu": str(gpus)}}}
+
+
+def node_for(name: str, ns: str = "default") -> dict:
+    return gpu_node(f"node-{name}", {"apps": name, "kaito.sh/workspace": name, "kaito.sh/workspacenamespace": ns})
+
+
+def names(kube, kind):
+    return sorted(o["metadata"]["name"] for o in kube.objects(kind))
+
+
+def test_apply_then_a_pass_without_changes_writes_nothing(kube, remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/t.yaml": TUNE})
+    kube.put_object(node_for("a"))
+    kube.put_object(node_for("tuning-phi-3", "llm") | {"metadata": {"name": "node-t", "labels": {
+        "apps": "tuning-phi-3", "kaito.sh/workspace": "tuning-phi-3", "kaito.sh/workspacenamespace": "llm"}}})
+    d = make(kube, remote, tmp_path)
+    r = d.run_pass()
+    assert not r.errors and r.writes == 5
+    applies = [q for q in kube.requests if q.method == "PATCH"]
+    assert all(q.content_type.startswith("application/apply-patch") and q.query.get("fieldManager") == "kaito-gitops"
+               for q in applies)
+    order = [q.path.split("/")[-2] for q in applies if "/default/" in q.path]
+    assert order == ["services", "services", "statefulsets"], "config, then services, then the workload"
+    assert names(kube, "StatefulSet") == ["a"] and names(kube, "Job") == ["tuning-phi-3"]
+    sts = kube.get_object("apps/v1", "StatefulSet", "default", "a")
+    assert sts["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kaito-gitops"
+    before = kube.write_count()
+    for _ in range(3):
+        assert d.run_pass().writes == 0
+    assert kube.write_count() == before, "an unchanged repository costs zero writes"
+
+
+def test_drift_is_restored_and_removed_files_are_pruned(kube, remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
+    kube.put_object(node_for("a"))
+    kube.put_object(node_for("b"))
+    d = make(kube, remote, tmp_path)
+    d.run_pass()
+    # someone deletes a managed object, someone else edits one with kubectl
+    kube.delete_object("apps/v1", "StatefulSet", "default", "a")
+    apps = client.AppsV1Api(client.ApiClient(kube.client_config()))
+    apps.patch_namespaced_stateful_set("b", "default", {"spec": {"replicas": 5}}, field_manager="kubectl",
+                                       _content_type="application/merge-patch+json", _preload_content=False)
+    r = d.run_pass()
+    assert r.writes == 2
+    assert kube.get_object("apps/v1", "StatefulSet", "default", "a") is not None
+    assert kube.get_object("apps/v1", "StatefulSet", "default", "b")["spec"]["replicas"] == 1
+    # prune: the file goes, its objects go
+    remote.write({"workspaces/b.yaml": None}, "remove b")
+    r = d.run_pass()
+    assert r.removed == [("default", "b")]
+    assert names(kube, "StatefulSet") == ["a"] and "b" not in names(kube, "Service")
+
+
+def test_zero_workspaces_never_prunes_everything_without_the_flag(kube, remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    kube.put_object(node_for("a"))
+    make(kube, remote, tmp_path).run_pass()
+    remote.write({"workspaces/a.yaml": None, "workspaces/.keep": ""}, "oops, everything moved")
+    r = make(kube, remote, tmp_path).run_pass()
+    assert not r.removed and ("default", "a") in r.held
+    assert names(kube, "StatefulSet") == ["a"]
+
+
+def test_api_errors_back_off_one_workspace_and_the_rest_converge(kube, remote, tmp_path):
+    remote.write({f"workspaces/w{i}.yaml": ws(f"w{i}") for i in range(4)})
+    for i in range(4):
+        kube.put_object(node_for(f"w{i}"))
+    d = make(kube, remote, tmp_path)
+    kube.fail_next(3, status=500, methods=["PATCH"], path_contains="statefulsets/w2")
+    r = d.run_pass()
+    assert list(r.errors) == [("default", "w2")] and "Kubernetes API 500" in r.errors[("default", "w2")]
+    assert names(kube, "StatefulSet") == ["w0", "w1", "w3"]
+    assert d.reports()[2].status.last_error.startswith("Kubernetes API 500")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "w2" not in names(kube, "StatefulSet"):
+        time.sleep(0.1)
+        d.run_pass()
+    assert names(kube, "StatefulSet") == ["w0", "w1", "w2", "w3"]
+
+
+def test_api_down_or_slow_keeps_health_and_converges_afterwards(kube, remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    kube.put_object(node_for("a"))
+    d = make(kube, remote, tmp_path, interval=0.1)
+    server = OpsServer(host="127.0.0.1", port=0, metrics_text=d.metrics.text,
+                       healthy=lambda: time.monotonic() - d.heartbeat < 30, ready=lambda: d.synced.is_set()).start()
+    kube.set_available(False)
+    loop = threading.Thread(target=d.run_forever, daemon=True)
+    loop.start()
+    try:
+        time.sleep(1.0)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as resp:
+            assert resp.status == 200, "the daemon stays healthy while the API is down"
+        assert d._global_failures >= 1 and not names(kube, "StatefulSet")
+        kube.set_available(True)
+        kube.set_latency(3, path_contains="statefulsets")  # a read timeout (client waits 2 s) on the first try
+        time.sleep(0.5)
+        kube.set_latency(0)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and names(kube, "StatefulSet") != ["a"]:
+            time.sleep(0.1)
+        assert names(kube, "StatefulSet") == ["a"]
+    finally:
+        d.stop()
+        loop.join(10)
+        server.stop()
+        d.close()
+
+
+def test_killed_mid_pass_and_restarted_converges_without_duplicates(kube, remote, tmp_path):
+    remote.write({f"workspaces/w{i}.yaml": ws(f"w{i}") for i in range(3)})
+    for i in range(3):
+        kube.put_object(node_for(f"w{i}"))
+    # the process "dies" after the services: every workload write fails, then it is gone
+    kube.fail_next(3, status=500, methods=["PATCH"], path_contains="statefulsets")
+    make(kube, remote, tmp_path).run_pass()
+    assert names(kube, "StatefulSet") == [] and len(names(kube, "Service")) == 6
+    fresh = make(kube, remote, tmp_path)  # a new process: nothing in memory
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(names(kube, "StatefulSet")) < 3:
+        fresh.run_pass()
+        time.sleep(0.05)
+    assert names(kube, "StatefulSet") == ["w0", "w1", "w2"]
+    assert len(names(kube, "Service")) == 6, "no duplicates"
+
+
+def test_status_conditions_follow_pods_and_nodes(kube, remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    d = make(kube, remote, tmp_path)
+    d.run_pass()
+    [rep] = d.reports()
+    assert rep.status.condition("ResourceReady").reason == "NodeNotFound" and rep.status.state == "Pending"
+    kube.put_object(gpu_node("node-a", {"apps": "a", "kaito.sh/workspace": "a", "kaito.sh/workspacenamespace": "default"},
+                             gpus=0))
+    d.run_pass()
+    assert d.reports()[0].status.condition("ResourceReady").reason == "NodePluginsNotReady"
+    kube.put_object(node_for("a"))
+    d.run_pass()
+    kube.reconcile_workloads()
+    d.run_pass()
+    s = d.reports()[0].status
+    assert s.condition("ResourceReady").status == "True" and s.condition("InferenceReady").reason == \
+        "WorkspaceInferenceStatusPending"
+    pod = kube.get_object("v1", "Pod", "default", "a-0")
+    assert pod is not None
+    # the model server runs out of memory
+    kube.set_status("v1", "Pod", "default", "a-0", {"phase": "Running", "containerStatuses": [{
+        "name": "a", "ready": False, "restartCount": 3, "image": "x", "imageID": "", "containerID": "c",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
+        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]})
+    d.run_pass()
+    s = d.reports()[0].status
+    assert s.condition("InferenceReady").reason == "ContainerOOMKilled" and s.state == "NotReady"
+    kube.set_pod_phase("default", "a-0", "Running")
+    kube.reconcile_workloads()
+    d.run_pass()
+    s = d.reports()[0].status
+    assert s.condition("InferenceReady").status == "True" and s.state == "Ready"
+    assert s.endpoint == "http://a.default.svc.cluster.local"
+    first = s.condition("InferenceReady").last_transition_time
+    d.run_pass()
+    assert d.reports()[0].status.condition("InferenceReady").last_transition_time == first
+
+
+def test_unschedulable_and_image_pull_reasons(kube, remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    kube.put_object(node_for("a"))
+    d = make(kube, remote, tmp_path)
+    d.run_pass()
+    kube.reconcile_workloads()
+    kube.set_status("v1", "Pod", "default", "a-0", {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]})
+    d.run_pass()
+    c = d.reports()[0].status.condition("InferenceReady")
+    assert c.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in c.message
+    kube.set_status("v1", "Pod", "default", "a-0", {"phase": "Pending", "initContainerStatuses": [], "containerStatuses": [
+        {"name": "a", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
+         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}}}]})
+    d.run_pass()
+    c = d.reports()[0].status.condition("InferenceReady")
+    assert c.reason == "ImagePullError" and "pull access denied" in c.message
+
+
+def test_tuning_job_lifecycle(kube, remote, tmp_path):
+    remote.write({"workspaces/t.yaml": TUNE})
+    kube.put_object(gpu_node("node-t", {"apps": "tuning-phi-3", "kaito.sh/workspace": "tuning-phi-3",
+                                        "kaito.sh/workspacenamespace": "llm"}))
+    d = make(kube, remote, tmp_path)
+    d.run_pass()
+    assert d.reports()[0].status.state == "Pending"
+    kube.reconcile_workloads()
+    pods = [p["metadata"]["name"] for p in kube.objects("Pod")]
+    kube.set_pod_phase("llm", pods[0], "Running")
+    kube.reconcile_workloads()
+    d.run_pass()
+    s = d.reports()[0].status
+    assert s.state == "Running" and s.condition("JobStarted").status == "True"
+    job = kube.get_object("batch/v1", "Job", "llm", "tuning-phi-3")
+    kube.set_status("batch/v1", "Job", "llm", "tuning-phi-3", {**(job.get("status") or {}), "active": 0, "succeeded": 1})
+    d.run_pass()
+    s = d.reports()[0].status
+    assert s.state == "Succeeded" and s.condition("WorkspaceSucceeded").status == "True"
+
+
+def test_aks_nodes_then_workload_and_quota_in_status(kube, remote, tmp_path):
+    from doubles.arm import ArmDouble, quota_exceeded
+
+    from reconciler.provisioners.aks import AksProvisioner
+
+    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
+    with ArmDouble(tmp_path / "arm", auto_advance=False) as arm:
+        def pool_ready(pool):  # AKS brings nodes up with the pool's labels; the GPU plugin reports GPUs
+            props = pool["properties"]
+            for i in range(props["count"]):
+                kube.put_object(gpu_node(f"aks-{pool['name']}-{i}", props["nodeLabels"]))
+
+        arm.on_pool_ready(pool_ready)
+        arm.fail_next(quota_exceeded(limit=24, usage=20, required=36), method="PUT")  # the first pool hits quota
+        prov = AksProvisioner(arm.client(), arm.resource_group, arm.cluster)
+        d = make(kube, remote, tmp_path, provisioner=prov)
+        d.run_pass()
+        reports = {r.key[1]: r for r in d.reports()}
+        quota = [r for r in reports.values() if r.status.condition("ResourceReady").reason == "QuotaExceeded"]
+        creating = [r for r in reports.values() if r.status.condition("ResourceReady").reason == "AgentPoolProvisioning"]
+        assert len(quota) == 1 and len(creating) == 1
+        assert "in use 20, this pool needs 36 more" in quota[0].status.condition("ResourceReady").message
+        assert not names(kube, "StatefulSet"), "no workload before its nodes"
+        ok = creating[0].key[1]
+        pool = next(n for n, p in arm.pools().items() if p["properties"].get("tags", {}).get(
+            "kaito-gitops.workspace") == f"default/{ok}")
+        arm.advance(pool)
+        d.run_pass()
+        assert names(kube, "StatefulSet") == [ok]
+        assert {r.key[1]: r.status.condition("ResourceReady").status for r in d.reports()}[ok] == "True"
+        # removing the workspace removes its workload, then its pool
+        remote.write({f"workspaces/{ok}.yaml": None}, "remove")
+        d.run_pass()
+        assert not names(kube, "StatefulSet")
+        assert arm.pool(pool)["properties"]["provisioningState"] == "Deleting"
+        arm.advance(pool)
+        r = d.run_pass()
+        assert arm.pool(pool) is None and ("default", ok) in r.removed
+
+
+def test_one_leader_at_a_time(kube):
+    a_api, b_api = client.ApiClient(kube.client_config()), client.ApiClient(kube.client_config())
+    a = LeaseElector(a_api, "kaito-system", "kaito-gitops-leader", "a", lease_seconds=2)
+    b = LeaseElector(b_api, "kaito-system", "kaito-gitops-leader", "b", lease_seconds=2)
+    assert a.try_acquire() is True
+    assert b.try_acquire() is False
+    assert a.try_acquire() is True, "the holder renews"
+    a.release()
+    assert b.try_acquire() is True and a.try_acquire() is False
+    lease = kube.get_object("coordination.k8s.io/v1", "Lease", "kaito-system", "kaito-gitops-leader")
+    assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] >= 1
+    time.sleep(2.2)  # b stops renewing: its lease expires
+    assert a.try_acquire() is True
+
+
+def test_webhook_push_is_applied_in_one_pass(kube, remote, tmp_path):
+    from support.webhooks import deliver
+
+    from reconciler.source.webhook import WebhookReceiver
+
+    remote.write({"workspaces/a.yaml": ws("a")})
+    kube.put_object(node_for("a"))
+    kube.put_object(node_for("b"))
+    d = make(kube, remote, tmp_path, interval=3600)
+    secret = b"hook"
+    server = OpsServer(host="127.0.0.1", port=0, metrics_text=d.metrics.text, healthy=lambda: True,
+                       ready=lambda: True, receiver=WebhookReceiver(secret), on_push=lambda e: d.poke()).start()
+    loop = threading.Thread(target=d.run_forever, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and d.last_pass is None:
+            time.sleep(0.05)
+        passes = d.metrics.pass_seconds._sum.get()
+        sha = remote.write({"workspaces/b.yaml": ws("b")}, "add b")
+        body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+        assert deliver(f"http://127.0.0.1:{server.port}/webhook", body, "push", None) == 401
+        time.sleep(0.3)
+        assert "b" not in names(kube, "StatefulSet")
+        start = time.monotonic()
+        assert deliver(f"http://127.0.0.1:{server.port}/webhook", body, "push", secret) == 202
+        while time.monotonic() - start < 10 and "b" not in names(kube, "StatefulSet"):
+            time.sleep(0.01)
+        assert "b" in names(kube, "StatefulSet")
+        assert d.metrics.pass_seconds._sum.get() > passes
+    finally:
+        d.stop()
+        loop.join(10)
+        server.stop()
+        d.close()

@@ -1,0 +1,198 @@
+"""The daemon against a real git remote (git daemon) with the render target: the loop's rules.
+
+Kubernetes-specific behaviour (server-side apply, drift, API faults) is in test_daemon_kube.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from support.gitserver import GitDaemon, GitRemote
+
+from reconciler.daemon import Daemon, DaemonSettings
+from reconciler.provisioners.none import NoneProvisioner
+from reconciler.runconfig import duration
+from reconciler.source.git import GitAuth, GitSource, SourceError, redact_url
+from reconciler.targets.render import RenderTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
+
+
+def ws(name: str, preset: str = "smollm2-135m-instruct") -> str:
+    return SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("smollm2-135m-instruct", preset)
+
+
+@pytest.fixture
+def gitd(tmp_path):
+    d = GitDaemon(tmp_path / "served").start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def remote(tmp_path, gitd):
+    r = GitRemote(tmp_path / "served", "gitops.git", daemon=None)
+    # serve the bare repository through git:// (the daemon's base path is tmp/served)
+    r.url = gitd.url("remotes/gitops.git")
+    return r
+
+
+def make_daemon(remote, tmp_path, **kw) -> Daemon:
+    source = GitSource(remote.url, "main", tmp_path / "cache")
+    settings = DaemonSettings(paths=["workspaces"], workers=4, target_name="render", **kw)
+    return Daemon(source, RenderTarget(tmp_path / "out"), NoneProvisioner(), settings)
+
+
+def rendered(tmp_path) -> set[str]:
+    out = tmp_path / "out"
+    return {str(p.relative_to(out)) for p in out.rglob("*.yaml")}
+
+
+def test_push_is_rendered_and_an_unchanged_revision_does_no_work(remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
+    d = make_daemon(remote, tmp_path)
+    r1 = d.run_pass()
+    assert r1.changed and r1.writes == 6 and not r1.errors
+    assert {"default/a/statefulset-a.yaml", "default/b/service-b.yaml"} <= rendered(tmp_path)
+    r2 = d.run_pass()
+    assert not r2.changed and r2.writes == 0
+    assert d.statuses[("default", "a")].state == "Rendered"
+    remote.write({"workspaces/b.yaml": None}, "remove b")
+    r3 = d.run_pass()
+    assert r3.changed and r3.removed == [("default", "b")]
+    assert not any(p.startswith("default/b/") for p in rendered(tmp_path))
+
+
+def test_invalid_revision_keeps_the_last_good_state_and_reports(remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    d = make_daemon(remote, tmp_path)
+    d.run_pass()
+    before = (tmp_path / "out/default/a/statefulset-a.yaml").read_text()
+    remote.write({"workspaces/a.yaml": ws("a", preset="no-such-model")}, "typo")
+    r = d.run_pass()
+    assert r.changed and r.writes == 0 and not r.removed
+    assert (tmp_path / "out/default/a/statefulset-a.yaml").read_text() == before
+    [report] = d.reports()
+    assert report.errors and report.errors[0].rule == "preset-unknown"
+    assert "still running the last good version" in report.status.last_error
+
+
+def test_unreadable_file_is_held_not_pruned(remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
+    d = make_daemon(remote, tmp_path)
+    d.run_pass()
+    remote.write({"workspaces/b.yaml": "apiVersion: [broken\n"}, "oops")
+    r = d.run_pass()
+    assert not r.removed
+    assert "default/b/statefulset-b.yaml" in rendered(tmp_path)
+
+
+def test_a_restarted_daemon_never_prunes_a_workspace_that_is_invalid_now(remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    make_daemon(remote, tmp_path).run_pass()
+    remote.write({"workspaces/a.yaml": ws("a", preset="typo")}, "break it")
+    fresh = make_daemon(remote, tmp_path)  # no memory of the last good state
+    r = fresh.run_pass()
+    assert not r.removed and ("default", "a") in r.held
+    assert "default/a/statefulset-a.yaml" in rendered(tmp_path)
+
+
+def test_zero_workspaces_does_not_prune_everything_unless_allowed(remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    make_daemon(remote, tmp_path).run_pass()
+    remote.write({"workspaces/a.yaml": None, "workspaces/README.md": "moved"}, "empty")
+    guarded = make_daemon(remote, tmp_path).run_pass()
+    assert not guarded.removed and ("default", "a") in guarded.held
+    allowed = make_daemon(remote, tmp_path, allow_empty_prune=True).run_pass()
+    assert allowed.removed == [("default", "a")]
+
+
+def test_one_bad_workspace_does_not_block_the_others(remote, tmp_path):
+    files = {f"workspaces/w{i}.yaml": ws(f"w{i}") for i in range(5)}
+    files["workspaces/bad.yaml"] = ws("bad", preset="nope")
+    remote.write(files)
+    d = make_daemon(remote, tmp_path)
+    r = d.run_pass()
+    assert not r.errors
+    assert sum(1 for p in rendered(tmp_path) if p.endswith("statefulset-" + p.split("/")[1] + ".yaml")) == 5
+    bad = next(x for x in d.reports() if x.key == ("default", "bad"))
+    assert bad.status.state == "NotReady" and bad.errors
+
+
+def test_unreachable_remote_raises_a_clean_error(tmp_path, gitd):
+    source = GitSource(f"git://127.0.0.1:{gitd.port + 1}/nothing.git", "main", tmp_path / "cache")
+    with pytest.raises(SourceError) as e:
+        source.sync()
+    assert "git ls-remote" in str(e.value)
+
+
+def test_credentials_stay_out_of_urls_and_messages(tmp_path):
+    with pytest.raises(SourceError, match="credentials in the repository URL are not allowed"):
+        GitSource("https://user:ghp_secret123@example.com/r.git", "main", tmp_path)
+    assert redact_url("https://u:p@h.example:8443/x.git") == "https://h.example:8443/x.git"
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    env = GitAuth(token_file=str(token)).env()
+    assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader" and "s3cret" not in env["GIT_CONFIG_VALUE_0"]
+
+
+def test_durations():
+    assert duration("90s") == 90 and duration("5m") == 300 and duration("1h30m") == 5400 and duration("250ms") == 0.25
+    assert duration(12) == 12.0
+    with pytest.raises(ValueError):
+        duration("5 minutes")
+
+
+def test_webhook_triggers_a_pass_and_bad_signatures_do_not(remote, tmp_path):
+    from support.webhooks import deliver
+
+    from reconciler.server import OpsServer
+    from reconciler.source.webhook import WebhookReceiver
+
+    remote.write({"workspaces/a.yaml": ws("a")})
+    d = make_daemon(remote, tmp_path, interval=3600)
+    secret = b"webhook-secret"
+    server = OpsServer(host="127.0.0.1", port=0, metrics_text=d.metrics.text, healthy=lambda: True,
+                       ready=lambda: d.synced.is_set(), receiver=WebhookReceiver(secret),
+                       on_push=lambda e: d.poke()).start()
+    loop = threading.Thread(target=d.run_forever, daemon=True)
+    loop.start()
+    try:
+        _wait(lambda: d.last_pass is not None)
+        url = f"http://127.0.0.1:{server.port}"
+        sha = remote.write({"workspaces/b.yaml": ws("b")}, "add b")
+        body = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "o/r"}}).encode()
+        assert deliver(url + "/webhook", body, "push", b"wrong-secret") == 401
+        assert deliver(url + "/webhook", body, "push", None) == 401
+        time.sleep(0.5)
+        assert d.revision != sha, "an unsigned delivery triggers nothing"
+        assert deliver(url + "/webhook", body, "push", secret, delivery="d-1") == 202
+        _wait(lambda: d.revision == sha and "default/b/statefulset-b.yaml" in rendered(tmp_path))
+        assert deliver(url + "/webhook", body, "push", secret, delivery="d-1") == 200  # redelivery: deduped
+        big = b"{" + b" " * (6 * 1024 * 1024) + b"}"
+        assert deliver(url + "/webhook", big, "push", secret) == 413
+        with urllib.request.urlopen(url + "/healthz") as r:
+            assert r.status == 200
+        with urllib.request.urlopen(url + "/metrics") as r:
+            text = r.read().decode()
+        assert "kaito_gitops_pass_duration_seconds_count" in text and "kaito_gitops_applies_total" in text
+    finally:
+        d.stop()
+        loop.join(10)
+        server.stop()
+        d.close()
+
+
+def _wait(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,231 @@
+"""Pull-request review through githubkit against the GitHub double, with a real git remote.
+
+The remote gets `refs/pull/<n>/head` pushed the way GitHub publishes pull request heads.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from doubles.github_api import GitHubDouble, pull_request_payload
+from githubkit import GitHub
+from githubkit.cache import MemCacheStrategy
+from support.gitserver import GitDaemon, GitRemote
+from support.webhooks import deliver
+
+from reconciler.daemon import Daemon, DaemonSettings
+from reconciler.provisioners.none import NoneProvisioner
+from reconciler.render.common import RenderSettings
+from reconciler.report.github_review import DEPLOY_CONTEXT, VALIDATE_CONTEXT, GitHubReviewer
+from reconciler.report.review_comment import LIMIT, MARKER
+from reconciler.source.git import GitSource
+from reconciler.targets.render import RenderTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
+OWNER, REPO, BOT = "acme", "gitops", "kaito-bot"
+
+
+def ws(name: str, preset: str = "smollm2-135m-instruct", sku: str = "Standard_NV36ads_A10_v5") -> str:
+    return (SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("smollm2-135m-instruct", preset)
+            .replace("Standard_NV36ads_A10_v5", sku))
+
+
+@pytest.fixture
+def world(tmp_path):
+    gitd = GitDaemon(tmp_path / "served").start()
+    remote = GitRemote(tmp_path / "served", "gitops.git")
+    remote.url = gitd.url("remotes/gitops.git")
+    gh_double = GitHubDouble()
+    gh_double.start()
+    gh_double.add_repo(OWNER, REPO)
+    gh_double.add_token("bot-token", BOT, type="Bot")
+    gh_double.add_token("user-token", "alice")
+    yield remote, gh_double, tmp_path
+    gh_double.stop()
+    gitd.stop()
+
+
+def open_pr(remote, gh_double, number: int, files: dict, message="change") -> str:
+    """Commit `files` on a branch, publish it as refs/pull/<n>/head, and register the PR."""
+    base = remote.head()
+    repo = remote.repo
+    repo.git.checkout("-B", f"pr{number}", base)
+    sha = remote.write(files, message, push=False)
+    repo.git.push("origin", f"HEAD:refs/pull/{number}/head", "--force")
+    repo.git.checkout("main")
+    gh_double.add_commit(OWNER, REPO, sha)
+    if number in OPENED.setdefault(id(gh_double), set()):
+        gh_double.set_pull_head(OWNER, REPO, number, sha)
+    else:
+        gh_double.add_pull(OWNER, REPO, number, sha, base_ref="main", base_sha=base)
+        OPENED[id(gh_double)].add(number)
+    return sha
+
+
+OPENED: dict[int, set[int]] = {}
+
+
+def reviewer(remote, gh_double, tmp_path, **kw) -> GitHubReviewer:
+    gh = GitHub("bot-token", base_url=gh_double.base_url, cache_strategy=MemCacheStrategy(), auto_retry=False)
+    source = GitSource(remote.url, "main", tmp_path / "review-cache")
+    return GitHubReviewer(gh, OWNER, REPO, source, paths=["workspaces"], namespace="default", render=RenderSettings(),
+                          bot_login=BOT, poll_interval=kw.pop("poll_interval", 0), **kw)
+
+
+def bot_comments(gh_double, number):
+    return [c for c in gh_double.comments(OWNER, REPO, number) if c["user"]["login"] == BOT]
+
+
+def test_one_comment_however_many_pushes_and_errors_link_to_lines(world):
+    remote, gh_double, tmp = world
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    head = open_pr(remote, gh_double, 7, {"workspaces/b.yaml": ws("b", preset="phi-4-mini")}, "add b (typo)")
+    r = reviewer(remote, gh_double, tmp)
+    try:
+        r.review_now(7)
+        [c] = bot_comments(gh_double, 7)
+        body = c["body"]
+        assert body.startswith(MARKER) and ":x: **kaito-gitops: fix the errors below**" in body
+        assert (f"[`workspaces/b.yaml:16`](https://github.com/{OWNER}/{REPO}/blob/{head}/workspaces/b.yaml#L16)"
+                in body), body[:1500]
+        assert "unknown preset 'phi-4-mini'" in body
+        [st] = [s for s in gh_double.statuses(OWNER, REPO, head) if s["context"] == VALIDATE_CONTEXT]
+        assert st["state"] == "failure" and len(st["description"]) <= 140
+        # the author fixes it: the same comment is edited, a new status goes on the new head
+        head2 = open_pr(remote, gh_double, 7, {"workspaces/b.yaml": ws("b", sku="Standard_NV72ads_A10_v5")}, "fix")
+        r.review_now(7)
+        [c2] = bot_comments(gh_double, 7)
+        assert c2["id"] == c["id"] and ":white_check_mark: **kaito-gitops: ready to merge**" in c2["body"]
+        assert "Workspaces: 1 added · GPUs 1 → 3 (+2) · $3.20/h → $9.72/h (+$6.52/h)" in c2["body"]
+        assert "<details><summary><code>+</code> <b>default/b</b>" in c2["body"]
+        [st2] = [s for s in gh_double.statuses(OWNER, REPO, head2) if s["context"] == VALIDATE_CONTEXT]
+        assert st2["state"] == "success"
+        # nothing new to say: no write at all
+        writes = gh_double.write_count("/repos/")
+        r._reviewed.clear()
+        r.review_now(7)
+        assert gh_double.write_count("/repos/") == writes
+    finally:
+        r.close()
+
+
+def test_the_comment_is_found_across_pages_after_a_restart(world):
+    remote, gh_double, tmp = world
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    open_pr(remote, gh_double, 3, {"workspaces/b.yaml": ws("b")})
+    for i in range(150):
+        gh_double.add_comment(OWNER, REPO, 3, f"comment {i}", user_login="alice")
+    first = reviewer(remote, gh_double, tmp)
+    first.review_now(3)
+    first.close()
+    for i in range(150):
+        gh_double.add_comment(OWNER, REPO, 3, f"later comment {i} {MARKER}", user_login="alice")  # not the bot's
+    head = open_pr(remote, gh_double, 3, {"workspaces/c.yaml": ws("c")}, "add c")
+    fresh = reviewer(remote, gh_double, tmp)  # no memory of the comment id
+    try:
+        fresh.review_now(3)
+    finally:
+        fresh.close()
+    assert len(bot_comments(gh_double, 3)) == 1
+    assert "default/c" in bot_comments(gh_double, 3)[0]["body"]
+    assert any(s["context"] == VALIDATE_CONTEXT for s in gh_double.statuses(OWNER, REPO, head))
+
+
+def test_signed_pull_request_webhook_triggers_a_review(world):
+    from reconciler.server import OpsServer
+    from reconciler.source.webhook import WebhookReceiver
+
+    remote, gh_double, tmp = world
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    head = open_pr(remote, gh_double, 5, {"workspaces/b.yaml": ws("b")})
+    r = reviewer(remote, gh_double, tmp)
+    secret = b"s3cret"
+    server = OpsServer(host="127.0.0.1", port=0, metrics_text=lambda: b"", healthy=lambda: True, ready=lambda: True,
+                       receiver=WebhookReceiver(secret), on_pull_request=r.on_pull_request).start()
+    try:
+        payload = pull_request_payload("opened", OWNER, REPO, 5, head, "pr5", "main")
+        body = json.dumps(payload).encode()
+        url = f"http://127.0.0.1:{server.port}/webhook"
+        assert deliver(url, body, "pull_request", b"wrong") == 401
+        assert deliver(url, body, "pull_request", secret) == 202
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not bot_comments(gh_double, 5):
+            time.sleep(0.05)
+        assert len(bot_comments(gh_double, 5)) == 1
+    finally:
+        server.stop()
+        r.close()
+
+
+def test_polling_finds_pull_requests_without_webhooks_and_respects_rate_limits(world):
+    remote, gh_double, tmp = world
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    open_pr(remote, gh_double, 11, {"workspaces/b.yaml": ws("b")})
+    gh_double.secondary_limit_next(1, retry_after=1, match=r"POST .*/comments")
+    r = reviewer(remote, gh_double, tmp, poll_interval=0.2)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not bot_comments(gh_double, 11):
+            time.sleep(0.05)
+        assert len(bot_comments(gh_double, 11)) == 1, "reviewed after waiting out the secondary limit"
+        limited = [q for q in gh_double.requests if q.method == "POST" and q.status == 403]
+        assert len(limited) == 1
+    finally:
+        r.close()
+
+
+def test_comment_stays_under_githubs_limit_and_says_what_it_left_out(world):
+    remote, gh_double, tmp = world
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    many = {f"workspaces/w{i:03d}.yaml": ws(f"w{i:03d}") for i in range(160)}
+    open_pr(remote, gh_double, 9, many, "160 workspaces")
+    r = reviewer(remote, gh_double, tmp)
+    try:
+        r.review_now(9)
+    finally:
+        r.close()
+    [c] = bot_comments(gh_double, 9)
+    assert len(c["body"]) <= LIMIT
+    assert "more workspace section(s) left out to stay within GitHub's 65,536-character comment limit" in c["body"]
+    assert c["body"].count("</details>") >= 20, "whole sections, never a cut one"
+
+
+def test_after_merge_the_comment_follows_the_rollout(world):
+    remote, gh_double, tmp = world
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    head = open_pr(remote, gh_double, 4, {"workspaces/b.yaml": ws("b")})
+    r = reviewer(remote, gh_double, tmp)
+    d = Daemon(GitSource(remote.url, "main", tmp / "daemon-cache"), RenderTarget(tmp / "out"), NoneProvisioner(),
+               DaemonSettings(paths=["workspaces"], target_name="render"))
+    d.on_pass.append(r.on_pass)
+    try:
+        r.review_now(4)
+        # merge: main moves to the PR head (fast-forward), GitHub marks the PR merged
+        remote.repo.git.merge("--ff-only", head)
+        remote.push()
+        gh_double.close_pull(OWNER, REPO, 4, merged=True, merge_commit_sha=head)
+        r.review_now(4)
+        [pending] = [s for s in gh_double.statuses(OWNER, REPO, head) if s["context"] == DEPLOY_CONTEXT]
+        assert pending["state"] == "pending"
+        d.run_pass()
+        [c] = bot_comments(gh_double, 4)
+        assert "### Deployment :white_check_mark:" in c["body"], c["body"][-800:]
+        assert "| `default/b` | rendered |" in c["body"]
+        states = [s["state"] for s in gh_double.statuses(OWNER, REPO, head) if s["context"] == DEPLOY_CONTEXT]
+        assert states[-1] == "success"
+    finally:
+        r.close()
+        d.close()
+
+
+def test_threads_are_not_left_behind(world):
+    remote, gh_double, tmp = world
+    before = threading.active_count()
+    r = reviewer(remote, gh_double, tmp)
+    r.close()
+    assert threading.active_count() <= before

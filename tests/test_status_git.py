@@ -1,0 +1,175 @@
+"""Status commits against a real git remote: the status branch, no-op passes, races with users."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import git
+import pytest
+from support.gitserver import ENV, GitDaemon, GitRemote
+
+from reconciler.cli import main
+from reconciler.daemon import Daemon, DaemonSettings
+from reconciler.provisioners.none import NoneProvisioner
+from reconciler.report.status_reporter import StatusReporter
+from reconciler.report.statusgit import TRAILER, StatusWriter
+from reconciler.source.git import GitSource
+from reconciler.targets.render import RenderTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
+
+
+def ws(name: str, preset: str = "smollm2-135m-instruct") -> str:
+    return SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("smollm2-135m-instruct", preset)
+
+
+@pytest.fixture
+def remote(tmp_path):
+    d = GitDaemon(tmp_path / "served").start()
+    r = GitRemote(tmp_path / "served", "gitops.git")
+    r.url = d.url("remotes/gitops.git")
+    yield r
+    d.stop()
+
+
+def branch_log(remote, branch) -> list[str]:
+    bare = git.Repo(remote.bare)
+    try:
+        return [c.message.splitlines()[0] for c in bare.iter_commits(f"refs/heads/{branch}")]
+    except git.GitCommandError:
+        return []
+
+
+def file_at(remote, branch, path) -> str | None:
+    bare = git.Repo(remote.bare)
+    try:
+        return (bare.commit(f"refs/heads/{branch}").tree / path).data_stream.read().decode()
+    except (KeyError, git.BadName, ValueError):
+        return None
+
+
+def daemon_with_status(remote, tmp_path, mode="branch"):
+    source = GitSource(remote.url, "main", tmp_path / "cache")
+    d = Daemon(source, RenderTarget(tmp_path / "out"), NoneProvisioner(),
+               DaemonSettings(paths=["workspaces"], target_name="render", workers=2))
+    if mode == "tree":
+        writer = StatusWriter(source, "main", ".kaito/status")
+        d.ignore_prefixes.append(".kaito/status/")
+    else:
+        writer = StatusWriter(source, "kaito-status", "")
+    reporter = StatusReporter(writer)
+    d.on_pass.append(reporter.on_pass)
+    return d, reporter
+
+
+def test_status_branch_gets_one_commit_per_change_and_main_is_never_written(remote, tmp_path):
+    user_head = remote.write({"workspaces/a.yaml": ws("a"), "workspaces/bad.yaml": ws("bad", preset="nope")})
+    d, reporter = daemon_with_status(remote, tmp_path)
+    d.run_pass()
+    reporter.flush()
+    status = file_at(remote, "kaito-status", "status/default/a.yaml")
+    assert status and "state: Rendered" in status and f"observedRevision: {user_head}" in status
+    assert "lastTransitionTime:" in status
+    bad = file_at(remote, "kaito-status", "status/default/bad.yaml")
+    assert "preset-unknown" in bad and "state: NotReady" in bad
+    table = file_at(remote, "kaito-status", "STATUS.md")
+    assert "| default/a | Standard_NV36ads_A10_v5 | True | Unknown |  | Unknown | Rendered |" in table
+    assert remote.head() == user_head, "the watched branch is untouched"
+    commits = branch_log(remote, "kaito-status")
+    assert len(commits) == 1
+    # an unchanged world writes nothing, however many passes run
+    for _ in range(3):
+        d.run_pass()
+    reporter.flush()
+    assert len(branch_log(remote, "kaito-status")) == 1
+    assert file_at(remote, "kaito-status", "status/default/a.yaml") == status, "no timestamp ticks"
+    # a change is one more commit, and the message says what moved
+    remote.write({"workspaces/b.yaml": ws("b")}, "add b")
+    d.run_pass()
+    reporter.flush()
+    log = git.Repo(remote.bare).commit("refs/heads/kaito-status").message
+    assert "default/b: new -> Rendered" in log and TRAILER in log
+    reporter.close()
+    d.close()
+
+
+def test_status_command_prints_the_table(remote, tmp_path, capsys):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    d, reporter = daemon_with_status(remote, tmp_path)
+    d.run_pass()
+    reporter.close()
+    capsys.readouterr()
+    assert main(["status", "--repo", remote.url, "--cache-dir", str(tmp_path / "c2")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "JOBSTARTED",
+                                           "WORKSPACESUCCEEDED", "STATE", "ENDPOINT", "SINCE"]
+    assert out.splitlines()[1].split()[:3] == ["default/a", "Standard_NV36ads_A10_v5", "True"]
+    assert main(["status", "--repo", remote.url, "--cache-dir", str(tmp_path / "c2"), "--format", "json"]) == 0
+    import json
+
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["metadata"] == {"name": "a", "namespace": "default"} and data[0]["state"] == "Rendered"
+    d.close()
+
+
+def _user_push_loop(remote, n: int, errors: list) -> None:
+    """A person committing and pushing n times, pulling (rebase) whenever the push is refused."""
+    repo = remote.repo
+    env = {**os.environ, **ENV}
+    for i in range(n):
+        path = remote.work / "notes" / f"n{i}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"note {i}\n")
+        repo.index.add([f"notes/n{i}.txt"])
+        repo.index.commit(f"user commit {i}")
+        for _ in range(50):
+            try:
+                repo.git.push("origin", "HEAD:refs/heads/main", env=env)
+                break
+            except git.GitCommandError:
+                repo.git.pull("--rebase", "origin", "main", env=env)
+        else:
+            errors.append(f"push {i} never succeeded")
+
+
+def test_100_user_pushes_racing_status_commits_lose_nothing(remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")}, "initial")
+    source = GitSource(f"file://{remote.bare}", "main", tmp_path / "cache")
+    writer = StatusWriter(source, "main", ".kaito/status")
+    errors: list[str] = []
+    user = threading.Thread(target=_user_push_loop, args=(remote, 100, errors))
+    user.start()
+    writes = 0
+    i = 0
+    while user.is_alive():
+        i += 1
+        result = writer.write({"STATUS.md": f"status {i}\n", f"status/default/a{i % 3}.yaml": "x\n"}, f"status {i}")
+        writes += result.committed
+    user.join()
+    writer.write({"STATUS.md": "final\n"}, "final status")
+    assert not errors
+    messages = branch_log(remote, "main")
+    user_commits = {m for m in messages if m.startswith("user commit ")}
+    assert user_commits == {f"user commit {i}" for i in range(100)}, "every user commit survives"
+    assert writes >= 1 and sum(m.startswith("status ") for m in messages) >= 1
+    assert file_at(remote, "main", ".kaito/status/STATUS.md") == "final\n"
+    # history is linear on top of users' work: no force push ever rewrote it
+    assert subprocess.run(["git", "--git-dir", str(remote.bare), "fsck", "--no-progress"], capture_output=True).returncode == 0
+
+
+def test_in_tree_status_commits_are_not_reconciled(remote, tmp_path):
+    remote.write({"workspaces/a.yaml": ws("a")})
+    d, reporter = daemon_with_status(remote, tmp_path, mode="tree")
+    first = d.run_pass()
+    reporter.flush()
+    status_commit = remote.head()
+    assert file_at(remote, "main", ".kaito/status/status/default/a.yaml")
+    second = d.run_pass()
+    assert d.revision == status_commit and not second.changed and second.writes == 0
+    reporter.close()
+    d.close()
+    assert first.changed
