@@ -120,6 +120,8 @@ class Daemon:
         self.on_pass: list = []  # callbacks(daemon, PassResult), e.g. the status reporter
         self.ignore_prefixes: list[str] = []  # our own status commits live here; they are not reconciled
         self._removing: set[WorkspaceKey] = set()  # teardown started, nodes not yet released
+        self._validation_cache: dict = {}  # parse + schema results by (path, content)
+        self._plan_cache: dict = {}  # plans by everything they depend on but the revision
 
     # -- triggers ---------------------------------------------------------------------------
     def poke(self) -> None:
@@ -138,14 +140,19 @@ class Daemon:
     def _load(self, rev: str) -> None:
         start = time.perf_counter()
         files = self.source.files(rev, [p for p in self.settings.paths if p], self.settings.max_file_bytes)
+        cache = self._validation_cache
         validated = validate_sources(
             files,
             namespace=self.settings.namespace,
             target=self.settings.target_name,
             max_file_bytes=self.settings.max_file_bytes,
+            cache=cache,
         )
+        current = {(path, raw, self.settings.max_file_bytes) for path, raw in files}
+        for k in [k for k in cache if k not in current]:  # forget files that are gone or changed
+            del cache[k]
         settings = RenderSettings(**{**self.render.__dict__, "revision": rev[:12]})
-        state = plan_revision(validated, settings)
+        state = plan_revision(validated, settings, cache=self._plan_cache)
         present = {ws.key for ws in validated.workspaces if ws.name}
         desired = dict(state.plans)
         findings: dict[WorkspaceKey, list[Finding]] = {}

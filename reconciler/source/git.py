@@ -85,6 +85,26 @@ def _clean(text: str) -> str:
     return _SECRETISH.sub(lambda m: (m.group(1) or m.group(2)) + "***" + ("" if m.group(1) else "@"), text)
 
 
+class _Carry(dict):
+    """Blob cache view: hits come from the previous revision's cache and are carried over."""
+
+    def __init__(self, old: dict[str, bytes], new: dict[str, bytes]):
+        super().__init__()
+        self.old, self.new = old, new
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self.old or sha in self.new
+
+    def __getitem__(self, sha: str) -> bytes:
+        data = self.new.get(sha)
+        if data is None:
+            data = self.new[sha] = self.old[sha]
+        return data
+
+    def __setitem__(self, sha: str, data: bytes) -> None:
+        self.new[sha] = data
+
+
 class GitSource:
     def __init__(
         self,
@@ -116,6 +136,7 @@ class GitSource:
             self.repo = git.Repo.init(cache, bare=True) if not (cache / "HEAD").exists() else git.Repo(cache)
         self.display = redact_url(self.url)
         self.last_fetch_seconds = 0.0
+        self._blobs: dict[str, bytes] = {}  # content of blobs read at earlier revisions
 
     # ------------------------------------------------------------------------------------
     def _git(self, *args: str) -> str:
@@ -187,7 +208,10 @@ class GitSource:
         return [p for p in self._git("diff", "--name-only", old, new).splitlines() if p]
 
     def files(self, rev: str, prefixes: list[str], max_bytes: int) -> list[tuple[str, bytes]]:
-        return list(revision_files(self.repo, rev, prefixes, max_bytes))
+        blobs: dict[str, bytes] = {}
+        out = list(revision_files(self.repo, rev, prefixes, max_bytes, blobs=_Carry(self._blobs, blobs)))
+        self._blobs = blobs  # keep only what this revision has
+        return out
 
     def watch_paths(self) -> list[str]:
         """Where a local repository's refs live (for the file watcher)."""

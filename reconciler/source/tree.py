@@ -23,21 +23,25 @@ def _wanted(rel: str, prefixes: list[str]) -> bool:
 
 
 def revision_files(
-    repo: git.Repo, rev: str, prefixes: list[str], max_bytes: int
+    repo: git.Repo, rev: str, prefixes: list[str], max_bytes: int, blobs: dict[str, bytes] | None = None
 ) -> Iterator[tuple[str, bytes]]:
     """(path relative to the repo root, content) for YAML files under `prefixes` at `rev`.
 
     Blobs larger than `max_bytes` are yielded as their first max_bytes+1 bytes, so the
-    loader reports them as too large without this reading gigabytes into memory.
+    loader reports them as too large without this reading gigabytes into memory. `blobs`
+    (sha -> content) lets a caller skip reading blobs it already has from an earlier revision.
     """
     tree = repo.commit(rev).tree
     for item in tree.traverse():
         if item.type != "blob" or not _wanted(item.path, prefixes):
             continue
-        if item.size > max_bytes:
-            yield item.path, item.data_stream.read(max_bytes + 1)
-        else:
-            yield item.path, item.data_stream.read()
+        if blobs is not None and item.hexsha in blobs:
+            yield item.path, blobs[item.hexsha]
+            continue
+        data = item.data_stream.read(max_bytes + 1) if item.size > max_bytes else item.data_stream.read()
+        if blobs is not None:
+            blobs[item.hexsha] = data
+        yield item.path, data
 
 
 def disk_files(

@@ -59,9 +59,17 @@ REPLACE_ON_CHANGE = {"Job"}  # a Job's pod template is immutable
 VOLATILE_ANNOTATIONS = {ANNOTATION_REVISION, ANNOTATION_SOURCE, ANNOTATION_SPEC_HASH}
 
 
+try:  # listing thousands of objects is mostly JSON parsing; orjson does it several times faster
+    import orjson
+
+    _loads = orjson.loads
+except ImportError:  # pragma: no cover - orjson is a dependency, but keep working without it
+    _loads = json.loads
+
+
 def _json(resp) -> Any:
     data = resp.data if hasattr(resp, "data") else resp
-    return json.loads(data) if data else {}
+    return _loads(data) if data else {}
 
 
 def subset_differs(desired: Any, live: Any, path: str = "") -> str | None:
@@ -110,7 +118,11 @@ class KubernetesTarget:
         self.timeout = timeout
         self._apis: dict[type, Any] = {}
         self._lock = threading.Lock()
-        self.objects: dict[tuple[str, str, str, str], dict] = {}  # (ns, workspace, kind, name) -> live object
+        # live objects by workspace: (ns, workspace) -> {(kind, name): object}
+        self.objects: dict[WorkspaceKey, dict[tuple[str, str], dict]] = {}
+        # objects found in sync, by resourceVersion: unchanged since, so no drift check is needed
+        self._verified: dict[tuple[str, str, str, str], str] = {}
+        self._current: dict[WorkspaceKey, bool] = {}  # every desired object is in place (set by apply)
         self.pods: dict[WorkspaceKey, list[dict]] = {}
         self.nodes_list: list[dict] = []
         self.log_tail_lines = log_tail_lines
@@ -133,7 +145,9 @@ class KubernetesTarget:
 
     # -- the snapshot -------------------------------------------------------------------
     def refresh(self) -> None:
-        objects: dict[tuple[str, str, str, str], dict] = {}
+        with self._lock:  # drop the old snapshot first: two of them at once is the daemon's peak memory
+            self.objects, self.pods, self.nodes_list = {}, {}, []
+        objects: dict[WorkspaceKey, dict[tuple[str, str], dict]] = {}
         for kind, ka in KINDS.items():
             method = getattr(self._api(ka.api), f"list_{ka.suffix}_for_all_namespaces")
             data = _json(method(label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout))
@@ -142,11 +156,10 @@ class KubernetesTarget:
                 md = item["metadata"]
                 labels = md.get("labels") or {}
                 ws_ns = labels.get(LABEL_WORKSPACE_NS, md.get("namespace", ""))
-                objects[(ws_ns, labels.get(LABEL_WORKSPACE, ""), kind, md["name"])] = {
-                    "apiVersion": item.get("apiVersion") or data.get("apiVersion", "").replace("List", ""),
-                    "kind": kind,
-                    **{k: v for k, v in item.items() if k not in ("apiVersion", "kind")},
-                }
+                md.pop("managedFields", None)  # large and unused: we always apply with force
+                item["kind"] = kind  # list items come without kind/apiVersion
+                item.setdefault("apiVersion", data.get("apiVersion", ""))
+                objects.setdefault((ws_ns, labels.get(LABEL_WORKSPACE, "")), {})[(kind, md["name"])] = item
         core = self._api(client.CoreV1Api)
         pods_data = _json(
             core.list_pod_for_all_namespaces(
@@ -165,31 +178,48 @@ class KubernetesTarget:
             pods.setdefault(key, []).append(p)
         with self._lock:
             self.objects, self.pods, self.nodes_list = objects, pods, nodes_data.get("items", [])
+            self._current = {}
 
     def live_workspaces(self) -> dict[WorkspaceKey, str]:
         out: dict[WorkspaceKey, str] = {}
         with self._lock:
-            for (ns, ws, _kind, _name), obj in self.objects.items():
-                ann = obj["metadata"].get("annotations") or {}
-                out.setdefault((ns, ws), ann.get(ANNOTATION_SOURCE, ""))
+            for key, objs in self.objects.items():
+                obj = next(iter(objs.values()))
+                out[key] = (obj["metadata"].get("annotations") or {}).get(ANNOTATION_SOURCE, "")
         return out
 
     def _live_of(self, key: WorkspaceKey) -> dict[tuple[str, str], dict]:
         with self._lock:
-            return {
-                (kind, name): obj for (ns, ws, kind, name), obj in self.objects.items() if (ns, ws) == key
-            }
+            return dict(self.objects.get(key, {}))
+
+    def _store(self, key: WorkspaceKey, ident: tuple[str, str], obj: dict | None) -> None:
+        with self._lock:
+            objs = self.objects.setdefault(key, {})
+            if obj is None:
+                objs.pop(ident, None)
+                self._verified.pop((key[0], key[1], *ident), None)
+                if not objs:
+                    self.objects.pop(key, None)
+            else:
+                objs[ident] = obj
 
     # -- writes -------------------------------------------------------------------------
-    def _needs_write(self, desired: dict, live: dict | None) -> str | None:
+    def _needs_write(self, key: WorkspaceKey, desired: dict, live: dict | None) -> str | None:
         if live is None:
             return "missing"
         want = desired["metadata"]["annotations"].get(ANNOTATION_OBJECT_HASH)
         have = (live["metadata"].get("annotations") or {}).get(ANNOTATION_OBJECT_HASH)
         if want != have:
             return "changed"
+        ident = (key[0], key[1], desired["kind"], desired["metadata"]["name"])
+        rv = live["metadata"].get("resourceVersion")
+        if rv and self._verified.get(ident) == rv + want:
+            return None  # nobody wrote it since we last found it in sync
         drift = subset_differs(_strip_for_compare(desired), live)
-        return f"drifted at {drift}" if drift else None
+        if drift:
+            return f"drifted at {drift}"
+        self._verified[ident] = (rv or "") + want
+        return None
 
     def _apply_one(self, obj: dict) -> dict:
         md = obj["metadata"]
@@ -203,7 +233,9 @@ class KubernetesTarget:
             force=True,
             _content_type=APPLY,
         )
-        return _json(resp)
+        stored = _json(resp)
+        stored.get("metadata", {}).pop("managedFields", None)
+        return stored
 
     def _delete_one(self, kind: str, namespace: str, name: str) -> None:
         try:
@@ -219,7 +251,7 @@ class KubernetesTarget:
         wanted = {(o["kind"], o["metadata"]["name"]) for o in plan.objects}
         for obj in sorted(plan.objects, key=lambda o: ORDER.index(o["kind"])):
             ident = (obj["kind"], obj["metadata"]["name"])
-            why = self._needs_write(obj, live.get(ident))
+            why = self._needs_write(key, obj, live.get(ident))
             if why is None:
                 continue
             if obj["kind"] in REPLACE_ON_CHANGE and why == "changed":
@@ -239,15 +271,15 @@ class KubernetesTarget:
             result.writes += 1
             result.applied.append(f"{ident[0]}/{ident[1]} ({why})")
             log.info("applied", workspace=f"{key[0]}/{key[1]}", object=f"{ident[0]}/{ident[1]}", reason=why)
-            with self._lock:
-                self.objects[(key[0], key[1], ident[0], ident[1])] = {**stored, "kind": ident[0]}
+            self._store(key, ident, {**stored, "kind": ident[0]})
         # objects of this workspace that the plan no longer has (e.g. a ConfigMap dropped)
         for kind, name in sorted(set(live) - wanted, key=lambda kn: -ORDER.index(kn[0])):
             self._delete_one(kind, live[(kind, name)]["metadata"]["namespace"], name)
             result.writes += 1
             result.deleted.append(f"{kind}/{name}")
-            with self._lock:
-                self.objects.pop((key[0], key[1], kind, name), None)
+            self._store(key, (kind, name), None)
+        with self._lock:
+            self._current[key] = True
         return result
 
     def remove(self, key: WorkspaceKey) -> tuple[bool, ApplyResult]:
@@ -258,8 +290,7 @@ class KubernetesTarget:
             result.writes += 1
             result.deleted.append(f"{kind}/{name}")
             log.info("pruned", workspace=f"{key[0]}/{key[1]}", object=f"{kind}/{name}")
-            with self._lock:
-                self.objects.pop((key[0], key[1], kind, name), None)
+            self._store(key, (kind, name), None)
         return True, result
 
     # -- observation ----------------------------------------------------------------------
@@ -280,9 +311,13 @@ class KubernetesTarget:
     def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
         kind = plan.kind if plan else "inference"
         live = self._live_of(key)
-        applied = plan is not None and all(
-            self._needs_write(o, live.get((o["kind"], o["metadata"]["name"]))) is None for o in plan.objects
-        )
+        with self._lock:
+            current = self._current.get(key)
+        if current is None:
+            current = plan is not None and all(
+                self._needs_write(key, o, live.get((o["kind"], o["metadata"]["name"]))) is None for o in plan.objects
+            )
+        applied = plan is not None and current
         with self._lock:
             pods = list(self.pods.get(key, []))
         pod_states = tuple(pod_state(p) for p in pods)

@@ -89,14 +89,27 @@ def validate_sources(
     catalog: Catalog | None = None,
     base: Revision | None = None,
     max_file_bytes: int | None = None,
+    cache: dict | None = None,
 ) -> Revision:
-    """Load and validate files given as (display path, bytes)."""
+    """Load and validate files given as (display path, bytes).
+
+    `cache` (any dict the caller keeps between calls) memoises parsing and schema checks per
+    (path, content): the daemon re-validates a 1,000-file repository in a fraction of the time
+    when one file changed. Results are the same with or without it.
+    """
     catalog = catalog or load_catalog()
     rev = Revision()
     ws_docs: list[Workspace] = []
     for path, raw in files:
         rev.files.append(path)
-        loaded = load_text(path, raw) if max_file_bytes is None else load_text(path, raw, max_file_bytes)
+        ckey = (path, raw, max_file_bytes)
+        hit = cache.get(ckey) if cache is not None else None
+        if hit is None:
+            loaded = load_text(path, raw) if max_file_bytes is None else load_text(path, raw, max_file_bytes)
+            hit = (loaded, {})
+            if cache is not None:
+                cache[ckey] = hit
+        loaded, schema_cache = hit
         rev.file_findings.extend(loaded.findings)
         if not loaded.documents and any(f.is_error for f in loaded.findings):
             rev.unreadable_files.add(path)
@@ -114,9 +127,13 @@ def validate_sources(
             if doc.kind == "Workspace":
                 ws = Workspace.read(doc, namespace)
                 ws_docs.append(ws)
-                rev.workspace_findings[id(ws)] = check_schema(doc)
+                if doc.index not in schema_cache:
+                    schema_cache[doc.index] = check_schema(doc)
+                rev.workspace_findings[id(ws)] = list(schema_cache[doc.index])
             elif doc.kind == "ConfigMap" and doc.api_version == "v1":
-                rev.file_findings.extend(check_schema(doc))
+                if doc.index not in schema_cache:
+                    schema_cache[doc.index] = check_schema(doc)
+                rev.file_findings.extend(schema_cache[doc.index])
                 cm = ConfigMap.read(doc, namespace)
                 if cm.name:
                     rev.configmaps[cm.key] = cm

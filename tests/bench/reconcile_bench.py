@@ -1,0 +1,160 @@
+"""Benchmark: the daemon (`kaito-gitops run`, its own process) with 1,000 workspaces.
+
+A real git remote (git daemon), the Kubernetes API double in this process, webhooks signed
+like GitHub's. Prints:
+  * time to the first full apply (every object of every workspace exists),
+  * a no-op pass (revision unchanged): its duration and how many writes it made,
+  * push -> applied latency through the webhook for one changed workspace (p50, p95),
+  * the daemon's peak RSS.
+Targets (issue 4): 0 writes and < 1 s for the no-op pass, push -> applied p50 < 1 s, RSS < 200 MiB.
+
+Usage: python tests/bench/reconcile_bench.py [N] [PUSHES]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from doubles.kube_api import KubeAPIServer  # noqa: E402
+from support.gitserver import GitDaemon, GitRemote, free_port  # noqa: E402
+from support.webhooks import deliver  # noqa: E402
+
+SECRET = b"bench-secret"
+
+
+def workspace(i: int, preset: str = "phi-4-mini-instruct") -> str:
+    # bring-your-own nodes (no instanceType): every workspace schedules onto the shared GPU pool
+    return f"""apiVersion: kaito.sh/v1beta1
+kind: Workspace
+metadata:
+  name: ws-{i:04d}
+  namespace: team-{i % 10}
+resource:
+  labelSelector:
+    matchLabels:
+      pool: gpu
+inference:
+  preset:
+    name: {preset}
+"""
+
+
+def metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def wait(cond, timeout: float, step: float = 0.005) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if cond():
+            return time.perf_counter() - start
+        time.sleep(step)
+    raise SystemExit("timed out waiting")
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    pushes = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    tmp = Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
+    gitd = GitDaemon(tmp / "served").start()
+    remote = GitRemote(tmp / "served", "gitops.git")
+    remote.url = gitd.url("remotes/gitops.git")
+    remote.write({f"workspaces/ws-{i:04d}.yaml": workspace(i) for i in range(n)}, f"{n} workspaces")
+    with KubeAPIServer() as kube:
+        for j in range(4):
+            kube.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"gpu-{j}", "labels": {"pool": "gpu"}},
+                             "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                                        "allocatable": {"nvidia.com/gpu": "8"}, "capacity": {"nvidia.com/gpu": "8"}}})
+        kubeconfig = kube.write_kubeconfig(tmp / "kubeconfig")
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "KAITO_GITOPS_WEBHOOK_SECRET": SECRET.decode(), "PYTHONDONTWRITEBYTECODE": "1"}
+        cmd = [sys.executable, "-m", "reconciler", "run", "--repo", remote.url, "--path", "workspaces",
+               "--target", "kubernetes", "--kubeconfig", str(kubeconfig), "--listen", f"127.0.0.1:{port}",
+               "--interval", "1h", "--resync", "1h", "--status", "off", "--log-format", "json", "--log-level", "warning",
+               "--cache-dir", str(tmp / "cache"), "--workers", "8"]
+        start = time.perf_counter()
+        daemon_log = open(tmp / "daemon.log", "w")  # noqa: SIM115 - closed in finally
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=daemon_log)
+        try:
+            # the first pass applies everything; poll the daemon's metrics, not the API (cheap)
+            wait(lambda: _up(url) and metric(url, "kaito_gitops_pass_duration_seconds_count") >= 1, 600, 0.05)
+            first = time.perf_counter() - start
+            objects = len(kube.objects("StatefulSet")) + len(kube.objects("Service"))
+            assert objects == 3 * n, f"{objects} objects after the first pass"
+
+            # no-op pass: same revision, triggered by a webhook
+            writes0 = kube.write_count()
+            count0 = metric(url, "kaito_gitops_pass_duration_seconds_count")
+            sum0 = metric(url, "kaito_gitops_pass_duration_seconds_sum")
+            body = json.dumps({"ref": "refs/heads/main", "after": remote.head()}).encode()
+            assert deliver(url + "/webhook", body, "push", SECRET) == 202
+            wait(lambda: metric(url, "kaito_gitops_pass_duration_seconds_count") > count0, 60)
+            noop_seconds = metric(url, "kaito_gitops_pass_duration_seconds_sum") - sum0
+            noop_writes = kube.write_count() - writes0
+
+            # push -> applied: change one workspace, deliver the webhook, wait for the object
+            latencies = []
+            for k in range(pushes):
+                i = k % n
+                preset = "phi-3.5-mini-instruct" if k % 2 == 0 else "phi-4-mini-instruct"
+                sha = remote.write({f"workspaces/ws-{i:04d}.yaml": workspace(i, preset)}, f"change {k}")
+                body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+                t0 = time.perf_counter()
+                assert deliver(url + "/webhook", body, "push", SECRET) == 202
+
+                def applied(i=i, preset=preset) -> bool:
+                    sts = kube.get_object("apps/v1", "StatefulSet", f"team-{i % 10}", f"ws-{i:04d}")
+                    cmd = (sts or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0]
+                    return any(preset.replace("-instruct", "") in part.lower() for part in cmd.get("command", []))
+
+                wait(applied, 60)
+                latencies.append(time.perf_counter() - t0)
+            rss = peak_rss_mib(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            daemon_log.close()
+            gitd.stop()
+    lat = sorted(latencies)
+    p95 = lat[max(0, round(0.95 * len(lat)) - 1)]
+    print(f"reconcile_bench: {n} workspaces ({3 * n} objects)")
+    print(f"  first full apply:        {first:.2f} s (process start to the end of the first pass)")
+    print(f"  no-op pass:              {noop_seconds:.3f} s, {noop_writes} write calls")
+    print(f"  push -> applied webhook: p50 {statistics.median(lat):.3f} s, p95 {p95:.3f} s over {len(lat)} pushes")
+    print(f"  daemon peak RSS:         {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
