@@ -131,6 +131,8 @@ def _adapter_parts(ws: Workspace, settings: RenderSettings) -> tuple[list[dict],
                 src.image,
                 "--dest",
                 f"{ADAPTERS_DIR}/{src.name}",
+                "--expect",
+                "adapter",
             ]
             init_mounts = [{"name": "adapters", "mountPath": ADAPTERS_DIR}]
             for i, secret in enumerate(src.image_pull_secrets):
