@@ -25,7 +25,15 @@ from .planning import WorkspacePlan, plan_revision
 from .provisioners.base import Provisioner
 from .render.common import RenderSettings
 from .source.git import GitSource, SourceError
-from .status import Observation, ResourceStatus, WorkspaceStatus, carry_times, derive, failed_status
+from .status import (
+    Condition,
+    Observation,
+    ResourceStatus,
+    WorkspaceStatus,
+    carry_times,
+    derive,
+    failed_status,
+)
 from .targets.base import Target
 from .validation import Revision, validate_sources
 
@@ -120,6 +128,7 @@ class Daemon:
         self.on_pass: list = []  # callbacks(daemon, PassResult), e.g. the status reporter
         self.ignore_prefixes: list[str] = []  # our own status commits live here; they are not reconciled
         self._removing: set[WorkspaceKey] = set()  # teardown started, nodes not yet released
+        self._leaving: dict[WorkspaceKey, WorkspacePlan] = {}  # removed from git, teardown not finished
         self._validation_cache: dict = {}  # parse + schema results by (path, content)
         self._plan_cache: dict = {}  # plans by everything they depend on but the revision
 
@@ -174,6 +183,8 @@ class Daemon:
         for key, old in self.desired.items():  # a changed workspace gets a fresh start
             if key in desired and desired[key] is not old:
                 self._backoff.pop(key, None)
+            elif key not in desired:
+                self._leaving[key] = old  # shown as Deleting until its nodes are released too
         self.validated, self.desired, self.present, self.findings, self.last_good = (
             validated,
             desired,
@@ -304,6 +315,7 @@ class Daemon:
                 released = self.provisioner.release(key) if gone else False
                 if gone and released:
                     self._removing.discard(key)
+                    self._leaving.pop(key, None)
                     self.statuses.pop(key, None)
                     self.applied_revision.pop(key, None)
                     log.info("workspace removed", workspace=f"{key[0]}/{key[1]}")
@@ -386,6 +398,32 @@ class Daemon:
                     gpus=plan.gpus if plan else 0,
                     nodes=plan.nodes if plan else 0,
                     applied_revision=self.applied_revision.get(key, ""),
+                )
+            )
+        for key, plan in sorted(self._leaving.items()):
+            if key in workspaces or key in self.desired:
+                continue
+            deleting = WorkspaceStatus(
+                "Deleting",
+                (
+                    Condition(
+                        "WorkspaceDeleting",
+                        "True",
+                        "workspaceDeleted",
+                        "removed from git: deleting the workload, then releasing its nodes",
+                    ),
+                ),
+            )
+            out.append(
+                WorkspaceReport(
+                    key=key,
+                    path=plan.workspace.path,
+                    revision=self.revision,
+                    kind=plan.kind,
+                    instance_type=plan.workspace.resource.instance_type or "",
+                    status=deleting,
+                    gpus=plan.gpus,
+                    nodes=plan.nodes,
                 )
             )
         return out

@@ -187,14 +187,22 @@ def plain_copy(value):
     return value
 
 
-def _plan_key(ws: Workspace, configmaps: dict[WorkspaceKey, ConfigMap], settings: RenderSettings,
-              byo_sku: Sku | None) -> str:
+def _plan_key(
+    ws: Workspace, configmaps: dict[WorkspaceKey, ConfigMap], settings: RenderSettings, byo_sku: Sku | None
+) -> str:
     """Everything a plan depends on but the revision: equal keys give equal plans."""
-    names = [n for n in ((ws.inference.config if ws.inference else None), (ws.tuning.config if ws.tuning else None)) if n]
-    cms = {n: (configmaps[(ws.namespace, n)].data if (ws.namespace, n) in configmaps else None) for n in names}
+    names = [
+        n
+        for n in ((ws.inference.config if ws.inference else None), (ws.tuning.config if ws.tuning else None))
+        if n
+    ]
+    cms = {
+        n: (configmaps[(ws.namespace, n)].data if (ws.namespace, n) in configmaps else None) for n in names
+    }
     images = (settings.inference_image, settings.tuning_image, settings.image_pull_secrets)
-    return json.dumps([ws.path, ws.namespace, ws.document.data, cms, images, repr(byo_sku)], sort_keys=True,
-                      default=str)
+    return json.dumps(
+        [ws.path, ws.namespace, ws.document.data, cms, images, repr(byo_sku)], sort_keys=True, default=str
+    )
 
 
 def _fill_unsized_parallelism(objects: list[dict], gpus_per_node: int) -> None:
@@ -228,7 +236,9 @@ def plan_revision(
         ckey = _plan_key(ws, rev.configmaps, settings, byo_sku) if cache is not None else ""
         plan = cache.get(ckey) if cache is not None else None
         if plan is None:
-            plan = plan_workspace(ws, catalog=catalog, configmaps=rev.configmaps, settings=settings, byo_sku=byo_sku)
+            plan = plan_workspace(
+                ws, catalog=catalog, configmaps=rev.configmaps, settings=settings, byo_sku=byo_sku
+            )
         state.plans[key] = used[ckey] = plan
     if cache is not None:
         cache.clear()

@@ -140,6 +140,9 @@ def serve(daemon, cfg: RunConfig, extras: list) -> int:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(daemon.target.api_client, ns, cfg.lease_name, identity).start()
     is_leader = elector.is_leader if elector else (lambda: True)
+    for x in extras:  # reviewers act on the Lease holder only, like the reconcile loop
+        if hasattr(x, "is_leader"):
+            x.is_leader = is_leader
 
     server = None
     address = listen_address(cfg.listen)

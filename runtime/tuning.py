@@ -386,6 +386,13 @@ def resolve_model(model: str, revision: str | None, trust_remote_code: bool) -> 
             f"{model} is neither a local folder nor a Hugging Face model this token can see"
         ) from None
     except LocalEntryNotFoundError:
+        # offline: the models runtime.weights can build locally (SmolLM2 from its packaged GGUF)
+        from runtime import weights
+
+        try:
+            return weights.resolve_model(model, revision, progress=False)
+        except Exception:
+            pass
         raise TuningError(
             f"{model} is not in the cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and downloads are "
             "off (HF_HUB_OFFLINE=1) or the hub is unreachable"

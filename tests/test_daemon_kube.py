@@ -30,8 +30,11 @@ TUNE = (ROOT / "example-repo" / "workspaces" / "tuning-phi-3.yaml").read_text()
 
 
 def ws(name: str, preset: str = "smollm2-135m-instruct") -> str:
-    return (SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("apps: smollm2", f"apps: {name}")
-            .replace("smollm2-135m-instruct", preset))
+    return (
+        SMOL.replace("  name: smollm2\n", f"  name: {name}\n")
+        .replace("apps: smollm2", f"apps: {name}")
+        .replace("smollm2-135m-instruct", preset)
+    )
 
 
 @pytest.fixture
@@ -53,20 +56,31 @@ def make(kube, remote, tmp_path, provisioner=None, **kw):
     api = client.ApiClient(kube.client_config())
     target = KubernetesTarget(api, timeout=(2, 2))
     settings = DaemonSettings(paths=["workspaces"], workers=4, backoff_min=0.05, backoff_max=0.2, **kw)
-    return Daemon(GitSource(remote.url, "main", tmp_path / "cache"), target, provisioner or NoneProvisioner(), settings)
+    return Daemon(
+        GitSource(remote.url, "main", tmp_path / "cache"), target, provisioner or NoneProvisioner(), settings
+    )
 
 
 def gpu_node(name: str, labels: dict, gpus: int = 1, ready: bool = True, pressure: str | None = None) -> dict:
     conds = [{"type": "Ready", "status": "True" if ready else "False"}]
     if pressure:
         conds.append({"type": pressure, "status": "True"})
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
-            "status": {"conditions": conds, "allocatable": {"nvidia.com/gpu": str(gpus)},
-                       "capacity": {"nvidia.com/gpu": str(gpus)}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {
+            "conditions": conds,
+            "allocatable": {"nvidia.com/gpu": str(gpus)},
+            "capacity": {"nvidia.com/gpu": str(gpus)},
+        },
+    }
 
 
 def node_for(name: str, ns: str = "default") -> dict:
-    return gpu_node(f"node-{name}", {"apps": name, "kaito.sh/workspace": name, "kaito.sh/workspacenamespace": ns})
+    return gpu_node(
+        f"node-{name}", {"apps": name, "kaito.sh/workspace": name, "kaito.sh/workspacenamespace": ns}
+    )
 
 
 def names(kube, kind):
@@ -76,14 +90,27 @@ def names(kube, kind):
 def test_apply_then_a_pass_without_changes_writes_nothing(kube, remote, tmp_path):
     remote.write({"workspaces/a.yaml": ws("a"), "workspaces/t.yaml": TUNE})
     kube.put_object(node_for("a"))
-    kube.put_object(node_for("tuning-phi-3", "llm") | {"metadata": {"name": "node-t", "labels": {
-        "apps": "tuning-phi-3", "kaito.sh/workspace": "tuning-phi-3", "kaito.sh/workspacenamespace": "llm"}}})
+    kube.put_object(
+        node_for("tuning-phi-3", "llm")
+        | {
+            "metadata": {
+                "name": "node-t",
+                "labels": {
+                    "apps": "tuning-phi-3",
+                    "kaito.sh/workspace": "tuning-phi-3",
+                    "kaito.sh/workspacenamespace": "llm",
+                },
+            }
+        }
+    )
     d = make(kube, remote, tmp_path)
     r = d.run_pass()
     assert not r.errors and r.writes == 5
     applies = [q for q in kube.requests if q.method == "PATCH"]
-    assert all(q.content_type.startswith("application/apply-patch") and q.query.get("fieldManager") == "kaito-gitops"
-               for q in applies)
+    assert all(
+        q.content_type.startswith("application/apply-patch") and q.query.get("fieldManager") == "kaito-gitops"
+        for q in applies
+    )
     order = [q.path.split("/")[-2] for q in applies if "/default/" in q.path]
     assert order == ["services", "services", "statefulsets"], "config, then services, then the workload"
     assert names(kube, "StatefulSet") == ["a"] and names(kube, "Job") == ["tuning-phi-3"]
@@ -104,8 +131,14 @@ def test_drift_is_restored_and_removed_files_are_pruned(kube, remote, tmp_path):
     # someone deletes a managed object, someone else edits one with kubectl
     kube.delete_object("apps/v1", "StatefulSet", "default", "a")
     apps = client.AppsV1Api(client.ApiClient(kube.client_config()))
-    apps.patch_namespaced_stateful_set("b", "default", {"spec": {"replicas": 5}}, field_manager="kubectl",
-                                       _content_type="application/merge-patch+json", _preload_content=False)
+    apps.patch_namespaced_stateful_set(
+        "b",
+        "default",
+        {"spec": {"replicas": 5}},
+        field_manager="kubectl",
+        _content_type="application/merge-patch+json",
+        _preload_content=False,
+    )
     r = d.run_pass()
     assert r.writes == 2
     assert kube.get_object("apps/v1", "StatefulSet", "default", "a") is not None
@@ -148,8 +181,13 @@ def test_api_down_or_slow_keeps_health_and_converges_afterwards(kube, remote, tm
     remote.write({"workspaces/a.yaml": ws("a")})
     kube.put_object(node_for("a"))
     d = make(kube, remote, tmp_path, interval=0.1)
-    server = OpsServer(host="127.0.0.1", port=0, metrics_text=d.metrics.text,
-                       healthy=lambda: time.monotonic() - d.heartbeat < 30, ready=lambda: d.synced.is_set()).start()
+    server = OpsServer(
+        host="127.0.0.1",
+        port=0,
+        metrics_text=d.metrics.text,
+        healthy=lambda: time.monotonic() - d.heartbeat < 30,
+        ready=lambda: d.synced.is_set(),
+    ).start()
     kube.set_available(False)
     loop = threading.Thread(target=d.run_forever, daemon=True)
     loop.start()
@@ -159,7 +197,9 @@ def test_api_down_or_slow_keeps_health_and_converges_afterwards(kube, remote, tm
             assert resp.status == 200, "the daemon stays healthy while the API is down"
         assert d._global_failures >= 1 and not names(kube, "StatefulSet")
         kube.set_available(True)
-        kube.set_latency(3, path_contains="statefulsets")  # a read timeout (client waits 2 s) on the first try
+        kube.set_latency(
+            3, path_contains="statefulsets"
+        )  # a read timeout (client waits 2 s) on the first try
         time.sleep(0.5)
         kube.set_latency(0)
         deadline = time.monotonic() + 20
@@ -196,8 +236,13 @@ def test_status_conditions_follow_pods_and_nodes(kube, remote, tmp_path):
     d.run_pass()
     [rep] = d.reports()
     assert rep.status.condition("ResourceReady").reason == "NodeNotFound" and rep.status.state == "Pending"
-    kube.put_object(gpu_node("node-a", {"apps": "a", "kaito.sh/workspace": "a", "kaito.sh/workspacenamespace": "default"},
-                             gpus=0))
+    kube.put_object(
+        gpu_node(
+            "node-a",
+            {"apps": "a", "kaito.sh/workspace": "a", "kaito.sh/workspacenamespace": "default"},
+            gpus=0,
+        )
+    )
     d.run_pass()
     assert d.reports()[0].status.condition("ResourceReady").reason == "NodePluginsNotReady"
     kube.put_object(node_for("a"))
@@ -205,15 +250,36 @@ def test_status_conditions_follow_pods_and_nodes(kube, remote, tmp_path):
     kube.reconcile_workloads()
     d.run_pass()
     s = d.reports()[0].status
-    assert s.condition("ResourceReady").status == "True" and s.condition("InferenceReady").reason == \
-        "WorkspaceInferenceStatusPending"
+    assert (
+        s.condition("ResourceReady").status == "True"
+        and s.condition("InferenceReady").reason == "WorkspaceInferenceStatusPending"
+    )
     pod = kube.get_object("v1", "Pod", "default", "a-0")
     assert pod is not None
     # the model server runs out of memory
-    kube.set_status("v1", "Pod", "default", "a-0", {"phase": "Running", "containerStatuses": [{
-        "name": "a", "ready": False, "restartCount": 3, "image": "x", "imageID": "", "containerID": "c",
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
-        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]})
+    kube.set_status(
+        "v1",
+        "Pod",
+        "default",
+        "a-0",
+        {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "a",
+                    "ready": False,
+                    "restartCount": 3,
+                    "image": "x",
+                    "imageID": "",
+                    "containerID": "c",
+                    "state": {
+                        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}
+                    },
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ],
+        },
+    )
     d.run_pass()
     s = d.reports()[0].status
     assert s.condition("InferenceReady").reason == "ContainerOOMKilled" and s.state == "NotReady"
@@ -234,15 +300,46 @@ def test_unschedulable_and_image_pull_reasons(kube, remote, tmp_path):
     d = make(kube, remote, tmp_path)
     d.run_pass()
     kube.reconcile_workloads()
-    kube.set_status("v1", "Pod", "default", "a-0", {"phase": "Pending", "conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-         "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]})
+    kube.set_status(
+        "v1",
+        "Pod",
+        "default",
+        "a-0",
+        {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    )
     d.run_pass()
     c = d.reports()[0].status.condition("InferenceReady")
     assert c.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in c.message
-    kube.set_status("v1", "Pod", "default", "a-0", {"phase": "Pending", "initContainerStatuses": [], "containerStatuses": [
-        {"name": "a", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
-         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}}}]})
+    kube.set_status(
+        "v1",
+        "Pod",
+        "default",
+        "a-0",
+        {
+            "phase": "Pending",
+            "initContainerStatuses": [],
+            "containerStatuses": [
+                {
+                    "name": "a",
+                    "ready": False,
+                    "restartCount": 0,
+                    "image": "x",
+                    "imageID": "",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}},
+                }
+            ],
+        },
+    )
     d.run_pass()
     c = d.reports()[0].status.condition("InferenceReady")
     assert c.reason == "ImagePullError" and "pull access denied" in c.message
@@ -250,8 +347,16 @@ def test_unschedulable_and_image_pull_reasons(kube, remote, tmp_path):
 
 def test_tuning_job_lifecycle(kube, remote, tmp_path):
     remote.write({"workspaces/t.yaml": TUNE})
-    kube.put_object(gpu_node("node-t", {"apps": "tuning-phi-3", "kaito.sh/workspace": "tuning-phi-3",
-                                        "kaito.sh/workspacenamespace": "llm"}))
+    kube.put_object(
+        gpu_node(
+            "node-t",
+            {
+                "apps": "tuning-phi-3",
+                "kaito.sh/workspace": "tuning-phi-3",
+                "kaito.sh/workspacenamespace": "llm",
+            },
+        )
+    )
     d = make(kube, remote, tmp_path)
     d.run_pass()
     assert d.reports()[0].status.state == "Pending"
@@ -263,7 +368,9 @@ def test_tuning_job_lifecycle(kube, remote, tmp_path):
     s = d.reports()[0].status
     assert s.state == "Running" and s.condition("JobStarted").status == "True"
     job = kube.get_object("batch/v1", "Job", "llm", "tuning-phi-3")
-    kube.set_status("batch/v1", "Job", "llm", "tuning-phi-3", {**(job.get("status") or {}), "active": 0, "succeeded": 1})
+    kube.set_status(
+        "batch/v1", "Job", "llm", "tuning-phi-3", {**(job.get("status") or {}), "active": 0, "succeeded": 1}
+    )
     d.run_pass()
     s = d.reports()[0].status
     assert s.state == "Succeeded" and s.condition("WorkspaceSucceeded").status == "True"
@@ -276,25 +383,35 @@ def test_aks_nodes_then_workload_and_quota_in_status(kube, remote, tmp_path):
 
     remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
     with ArmDouble(tmp_path / "arm", auto_advance=False) as arm:
+
         def pool_ready(pool):  # AKS brings nodes up with the pool's labels; the GPU plugin reports GPUs
             props = pool["properties"]
             for i in range(props["count"]):
                 kube.put_object(gpu_node(f"aks-{pool['name']}-{i}", props["nodeLabels"]))
 
         arm.on_pool_ready(pool_ready)
-        arm.fail_next(quota_exceeded(limit=24, usage=20, required=36), method="PUT")  # the first pool hits quota
+        arm.fail_next(
+            quota_exceeded(limit=24, usage=20, required=36), method="PUT"
+        )  # the first pool hits quota
         prov = AksProvisioner(arm.client(), arm.resource_group, arm.cluster)
         d = make(kube, remote, tmp_path, provisioner=prov)
         d.run_pass()
         reports = {r.key[1]: r for r in d.reports()}
         quota = [r for r in reports.values() if r.status.condition("ResourceReady").reason == "QuotaExceeded"]
-        creating = [r for r in reports.values() if r.status.condition("ResourceReady").reason == "AgentPoolProvisioning"]
+        creating = [
+            r
+            for r in reports.values()
+            if r.status.condition("ResourceReady").reason == "AgentPoolProvisioning"
+        ]
         assert len(quota) == 1 and len(creating) == 1
         assert "in use 20, this pool needs 36 more" in quota[0].status.condition("ResourceReady").message
         assert not names(kube, "StatefulSet"), "no workload before its nodes"
         ok = creating[0].key[1]
-        pool = next(n for n, p in arm.pools().items() if p["properties"].get("tags", {}).get(
-            "kaito-gitops.workspace") == f"default/{ok}")
+        pool = next(
+            n
+            for n, p in arm.pools().items()
+            if p["properties"].get("tags", {}).get("kaito-gitops.workspace") == f"default/{ok}"
+        )
         arm.advance(pool)
         d.run_pass()
         assert names(kube, "StatefulSet") == [ok]
@@ -334,8 +451,15 @@ def test_webhook_push_is_applied_in_one_pass(kube, remote, tmp_path):
     kube.put_object(node_for("b"))
     d = make(kube, remote, tmp_path, interval=3600)
     secret = b"hook"
-    server = OpsServer(host="127.0.0.1", port=0, metrics_text=d.metrics.text, healthy=lambda: True,
-                       ready=lambda: True, receiver=WebhookReceiver(secret), on_push=lambda e: d.poke()).start()
+    server = OpsServer(
+        host="127.0.0.1",
+        port=0,
+        metrics_text=d.metrics.text,
+        healthy=lambda: True,
+        ready=lambda: True,
+        receiver=WebhookReceiver(secret),
+        on_push=lambda e: d.poke(),
+    ).start()
     loop = threading.Thread(target=d.run_forever, daemon=True)
     loop.start()
     try:
@@ -353,6 +477,8 @@ def test_webhook_push_is_applied_in_one_pass(kube, remote, tmp_path):
         while time.monotonic() - start < 10 and "b" not in names(kube, "StatefulSet"):
             time.sleep(0.01)
         assert "b" in names(kube, "StatefulSet")
+        while time.monotonic() - start < 10 and d.metrics.pass_seconds._sum.get() <= passes:
+            time.sleep(0.01)  # the object lands mid-pass; the pass finishes just after
         assert d.metrics.pass_seconds._sum.get() > passes
     finally:
         d.stop()

@@ -143,7 +143,12 @@ def test_credentials_stay_out_of_urls_and_messages(tmp_path):
 
 
 def test_durations():
-    assert duration("90s") == 90 and duration("5m") == 300 and duration("1h30m") == 5400 and duration("250ms") == 0.25
+    assert (
+        duration("90s") == 90
+        and duration("5m") == 300
+        and duration("1h30m") == 5400
+        and duration("250ms") == 0.25
+    )
     assert duration(12) == 12.0
     with pytest.raises(ValueError):
         duration("5 minutes")
@@ -158,16 +163,24 @@ def test_webhook_triggers_a_pass_and_bad_signatures_do_not(remote, tmp_path):
     remote.write({"workspaces/a.yaml": ws("a")})
     d = make_daemon(remote, tmp_path, interval=3600)
     secret = b"webhook-secret"
-    server = OpsServer(host="127.0.0.1", port=0, metrics_text=d.metrics.text, healthy=lambda: True,
-                       ready=lambda: d.synced.is_set(), receiver=WebhookReceiver(secret),
-                       on_push=lambda e: d.poke()).start()
+    server = OpsServer(
+        host="127.0.0.1",
+        port=0,
+        metrics_text=d.metrics.text,
+        healthy=lambda: True,
+        ready=lambda: d.synced.is_set(),
+        receiver=WebhookReceiver(secret),
+        on_push=lambda e: d.poke(),
+    ).start()
     loop = threading.Thread(target=d.run_forever, daemon=True)
     loop.start()
     try:
         _wait(lambda: d.last_pass is not None)
         url = f"http://127.0.0.1:{server.port}"
         sha = remote.write({"workspaces/b.yaml": ws("b")}, "add b")
-        body = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "o/r"}}).encode()
+        body = json.dumps(
+            {"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "o/r"}}
+        ).encode()
         assert deliver(url + "/webhook", body, "push", b"wrong-secret") == 401
         assert deliver(url + "/webhook", body, "push", None) == 401
         time.sleep(0.5)

@@ -31,8 +31,11 @@ OWNER, REPO, BOT = "acme", "gitops", "kaito-bot"
 
 
 def ws(name: str, preset: str = "smollm2-135m-instruct", sku: str = "Standard_NV36ads_A10_v5") -> str:
-    return (SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("smollm2-135m-instruct", preset)
-            .replace("Standard_NV36ads_A10_v5", sku))
+    return (
+        SMOL.replace("  name: smollm2\n", f"  name: {name}\n")
+        .replace("smollm2-135m-instruct", preset)
+        .replace("Standard_NV36ads_A10_v5", sku)
+    )
 
 
 @pytest.fixture
@@ -73,8 +76,18 @@ OPENED: dict[int, set[int]] = {}
 def reviewer(remote, gh_double, tmp_path, **kw) -> GitHubReviewer:
     gh = GitHub("bot-token", base_url=gh_double.base_url, cache_strategy=MemCacheStrategy(), auto_retry=False)
     source = GitSource(remote.url, "main", tmp_path / "review-cache")
-    return GitHubReviewer(gh, OWNER, REPO, source, paths=["workspaces"], namespace="default", render=RenderSettings(),
-                          bot_login=BOT, poll_interval=kw.pop("poll_interval", 0), **kw)
+    return GitHubReviewer(
+        gh,
+        OWNER,
+        REPO,
+        source,
+        paths=["workspaces"],
+        namespace="default",
+        render=RenderSettings(),
+        bot_login=BOT,
+        poll_interval=kw.pop("poll_interval", 0),
+        **kw,
+    )
 
 
 def bot_comments(gh_double, number):
@@ -91,13 +104,17 @@ def test_one_comment_however_many_pushes_and_errors_link_to_lines(world):
         [c] = bot_comments(gh_double, 7)
         body = c["body"]
         assert body.startswith(MARKER) and ":x: **kaito-gitops: fix the errors below**" in body
-        assert (f"[`workspaces/b.yaml:16`](https://github.com/{OWNER}/{REPO}/blob/{head}/workspaces/b.yaml#L16)"
-                in body), body[:1500]
+        assert (
+            f"[`workspaces/b.yaml:16`](https://github.com/{OWNER}/{REPO}/blob/{head}/workspaces/b.yaml#L16)"
+            in body
+        ), body[:1500]
         assert "unknown preset 'phi-4-mini'" in body
         [st] = [s for s in gh_double.statuses(OWNER, REPO, head) if s["context"] == VALIDATE_CONTEXT]
         assert st["state"] == "failure" and len(st["description"]) <= 140
         # the author fixes it: the same comment is edited, a new status goes on the new head
-        head2 = open_pr(remote, gh_double, 7, {"workspaces/b.yaml": ws("b", sku="Standard_NV72ads_A10_v5")}, "fix")
+        head2 = open_pr(
+            remote, gh_double, 7, {"workspaces/b.yaml": ws("b", sku="Standard_NV72ads_A10_v5")}, "fix"
+        )
         r.review_now(7)
         [c2] = bot_comments(gh_double, 7)
         assert c2["id"] == c["id"] and ":white_check_mark: **kaito-gitops: ready to merge**" in c2["body"]
@@ -124,7 +141,9 @@ def test_the_comment_is_found_across_pages_after_a_restart(world):
     first.review_now(3)
     first.close()
     for i in range(150):
-        gh_double.add_comment(OWNER, REPO, 3, f"later comment {i} {MARKER}", user_login="alice")  # not the bot's
+        gh_double.add_comment(
+            OWNER, REPO, 3, f"later comment {i} {MARKER}", user_login="alice"
+        )  # not the bot's
     head = open_pr(remote, gh_double, 3, {"workspaces/c.yaml": ws("c")}, "add c")
     fresh = reviewer(remote, gh_double, tmp)  # no memory of the comment id
     try:
@@ -145,8 +164,15 @@ def test_signed_pull_request_webhook_triggers_a_review(world):
     head = open_pr(remote, gh_double, 5, {"workspaces/b.yaml": ws("b")})
     r = reviewer(remote, gh_double, tmp)
     secret = b"s3cret"
-    server = OpsServer(host="127.0.0.1", port=0, metrics_text=lambda: b"", healthy=lambda: True, ready=lambda: True,
-                       receiver=WebhookReceiver(secret), on_pull_request=r.on_pull_request).start()
+    server = OpsServer(
+        host="127.0.0.1",
+        port=0,
+        metrics_text=lambda: b"",
+        healthy=lambda: True,
+        ready=lambda: True,
+        receiver=WebhookReceiver(secret),
+        on_pull_request=r.on_pull_request,
+    ).start()
     try:
         payload = pull_request_payload("opened", OWNER, REPO, 5, head, "pr5", "main")
         body = json.dumps(payload).encode()
@@ -191,7 +217,10 @@ def test_comment_stays_under_githubs_limit_and_says_what_it_left_out(world):
         r.close()
     [c] = bot_comments(gh_double, 9)
     assert len(c["body"]) <= LIMIT
-    assert "more workspace section(s) left out to stay within GitHub's 65,536-character comment limit" in c["body"]
+    assert (
+        "more workspace section(s) left out to stay within GitHub's 65,536-character comment limit"
+        in c["body"]
+    )
     assert c["body"].count("</details>") >= 20, "whole sections, never a cut one"
 
 
@@ -200,8 +229,12 @@ def test_after_merge_the_comment_follows_the_rollout(world):
     remote.write({"workspaces/a.yaml": ws("a")}, "base")
     head = open_pr(remote, gh_double, 4, {"workspaces/b.yaml": ws("b")})
     r = reviewer(remote, gh_double, tmp)
-    d = Daemon(GitSource(remote.url, "main", tmp / "daemon-cache"), RenderTarget(tmp / "out"), NoneProvisioner(),
-               DaemonSettings(paths=["workspaces"], target_name="render"))
+    d = Daemon(
+        GitSource(remote.url, "main", tmp / "daemon-cache"),
+        RenderTarget(tmp / "out"),
+        NoneProvisioner(),
+        DaemonSettings(paths=["workspaces"], target_name="render"),
+    )
     d.on_pass.append(r.on_pass)
     try:
         r.review_now(4)

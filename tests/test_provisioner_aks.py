@@ -64,7 +64,9 @@ def test_create_is_started_then_observed_until_nodes_have_gpus(arm):
     props = put.body["properties"]
     assert props["vmSize"] == "Standard_NC48ads_A100_v4" and props["count"] == 2 and props["mode"] == "User"
     assert props["nodeTaints"] == ["sku=gpu:NoSchedule"] and props["osSKU"] == "AzureLinux"
-    assert props["nodeLabels"]["kaito.sh/workspace"] == "llama-70b" and props["gpuProfile"] == {"driver": "Install"}
+    assert props["nodeLabels"]["kaito.sh/workspace"] == "llama-70b" and props["gpuProfile"] == {
+        "driver": "Install"
+    }
     assert props["tags"][TAG_WORKSPACE] == "llm/llama-70b" and props["osDiskSizeGB"] == 220
     # later passes observe; no second PUT while AKS works
     p.refresh()
@@ -90,12 +92,16 @@ def test_a_restarted_daemon_resumes_without_a_duplicate_pool(arm):
 
 def test_quota_failure_is_explained_with_its_numbers_and_not_hammered(arm):
     plan = plan_named("llama-70b")
-    arm.fail_next(quota_exceeded(family="standardNCADSA100v4Family", limit=24, usage=0, required=96), method="PUT")
+    arm.fail_next(
+        quota_exceeded(family="standardNCADSA100v4Family", limit=24, usage=0, required=96), method="PUT"
+    )
     p = provisioner(arm)
     status = p.ensure(plan, [])
     assert not status.ready and status.reason == "QuotaExceeded"
-    assert ("standardNCADSA100v4Family (Cores) in eastus: limit 24, in use 0, this pool needs 96 more. "
-            "Request an increase to at least 96") in status.message
+    assert (
+        "standardNCADSA100v4Family (Cores) in eastus: limit 24, in use 0, this pool needs 96 more. "
+        "Request an increase to at least 96"
+    ) in status.message
     assert status.retry_after and status.retry_after > 600
     p.refresh()
     assert p.ensure(plan, []).reason == "QuotaExceeded"
@@ -116,11 +122,24 @@ def test_failure_during_provisioning_shows_up_on_a_later_pass(arm):
     assert status.reason == "QuotaExceeded" and "in use 24" in status.message
 
 
-@pytest.mark.parametrize(("error", "reason", "words", "retried"), [
-    (sku_not_available("Standard_NC48ads_A100_v4"), "SkuNotAvailable", "not available in this region", False),
-    (allocation_failed(), "ZonalAllocationFailed", "no capacity", True),
-    (authorization_failed("/subscriptions/x/resourceGroups/rg-kaito"), "AuthorizationFailed", "grant it a role", True),
-])
+@pytest.mark.parametrize(
+    ("error", "reason", "words", "retried"),
+    [
+        (
+            sku_not_available("Standard_NC48ads_A100_v4"),
+            "SkuNotAvailable",
+            "not available in this region",
+            False,
+        ),
+        (allocation_failed(), "ZonalAllocationFailed", "no capacity", True),
+        (
+            authorization_failed("/subscriptions/x/resourceGroups/rg-kaito"),
+            "AuthorizationFailed",
+            "grant it a role",
+            True,
+        ),
+    ],
+)
 def test_other_failures(arm, error, reason, words, retried):
     arm.fail_next(error, method="PUT")
     status = provisioner(arm).ensure(plan_named("llama-70b"), [])
@@ -148,8 +167,11 @@ def test_scale_and_replace(arm):
     arm.advance(plan.node_pool.name)
     p.refresh()
     # a new VM size cannot be changed in place: the pool is deleted, then created again
-    h100 = with_pool(bigger, vm_size="Standard_NC80adis_H100_v5",
-                     tags={**plan.node_pool.tags, "kaito-gitops.pool-hash": "h100"})
+    h100 = with_pool(
+        bigger,
+        vm_size="Standard_NC80adis_H100_v5",
+        tags={**plan.node_pool.tags, "kaito-gitops.pool-hash": "h100"},
+    )
     assert p.ensure(h100, []).reason == "AgentPoolReplacing"
     assert [r.method for r in arm.requests][-1] == "DELETE"
     p.refresh()
@@ -161,9 +183,18 @@ def test_scale_and_replace(arm):
 
 
 def test_release_and_garbage_collection_of_a_leaked_pool(arm):
-    arm.put_pool("ghost1a2b3c", {"vmSize": "Standard_NC24ads_A100_v4", "count": 1, "mode": "User",
-                                  "tags": {TAG_MANAGED_BY: "kaito-gitops", TAG_WORKSPACE: "team/ghost"}})
-    arm.put_pool("notours", {"vmSize": "Standard_D4s_v3", "count": 1, "mode": "User", "tags": {"owner": "ops"}})
+    arm.put_pool(
+        "ghost1a2b3c",
+        {
+            "vmSize": "Standard_NC24ads_A100_v4",
+            "count": 1,
+            "mode": "User",
+            "tags": {TAG_MANAGED_BY: "kaito-gitops", TAG_WORKSPACE: "team/ghost"},
+        },
+    )
+    arm.put_pool(
+        "notours", {"vmSize": "Standard_D4s_v3", "count": 1, "mode": "User", "tags": {"owner": "ops"}}
+    )
     p = provisioner(arm)
     assert p.owned() == {("team", "ghost")}, "only pools tagged as ours"
     assert p.release(("team", "ghost")) is False
@@ -184,9 +215,14 @@ def test_a_pool_we_do_not_own_is_never_touched(arm):
 def test_workload_identity_from_config(arm, monkeypatch):
     for k, v in arm.workload_identity_env().items():
         monkeypatch.setenv(k, v)
-    cfg = types.SimpleNamespace(authority_host="", arm_endpoint=arm.base_url, arm_audience="",
-                                aks_subscription=arm.subscription_id, aks_resource_group=arm.resource_group,
-                                aks_cluster=arm.cluster)
+    cfg = types.SimpleNamespace(
+        authority_host="",
+        arm_endpoint=arm.base_url,
+        arm_audience="",
+        aks_subscription=arm.subscription_id,
+        aks_resource_group=arm.resource_group,
+        aks_cluster=arm.cluster,
+    )
     p = AksProvisioner.from_config(cfg)
     p.client._config.polling_interval = 0
     p.refresh()
@@ -197,5 +233,7 @@ def test_workload_identity_from_config(arm, monkeypatch):
 def test_arm_scope_for_sovereign_clouds():
     assert arm_scope("https://management.chinacloudapi.cn") == "https://management.chinacloudapi.cn/.default"
     assert arm_scope("https://127.0.0.1:8443") == "https://management.azure.com/.default"
-    assert arm_scope("https://arm.contoso.internal", "https://management.usgovcloudapi.net") == \
-        "https://management.usgovcloudapi.net/.default"
+    assert (
+        arm_scope("https://arm.contoso.internal", "https://management.usgovcloudapi.net")
+        == "https://management.usgovcloudapi.net/.default"
+    )

@@ -54,8 +54,12 @@ def file_at(remote, branch, path) -> str | None:
 
 def daemon_with_status(remote, tmp_path, mode="branch"):
     source = GitSource(remote.url, "main", tmp_path / "cache")
-    d = Daemon(source, RenderTarget(tmp_path / "out"), NoneProvisioner(),
-               DaemonSettings(paths=["workspaces"], target_name="render", workers=2))
+    d = Daemon(
+        source,
+        RenderTarget(tmp_path / "out"),
+        NoneProvisioner(),
+        DaemonSettings(paths=["workspaces"], target_name="render", workers=2),
+    )
     if mode == "tree":
         writer = StatusWriter(source, "main", ".kaito/status")
         d.ignore_prefixes.append(".kaito/status/")
@@ -105,10 +109,21 @@ def test_status_command_prints_the_table(remote, tmp_path, capsys):
     capsys.readouterr()
     assert main(["status", "--repo", remote.url, "--cache-dir", str(tmp_path / "c2")]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY", "JOBSTARTED",
-                                           "WORKSPACESUCCEEDED", "STATE", "ENDPOINT", "SINCE"]
+    assert out.splitlines()[0].split() == [
+        "NAME",
+        "INSTANCE",
+        "RESOURCEREADY",
+        "INFERENCEREADY",
+        "JOBSTARTED",
+        "WORKSPACESUCCEEDED",
+        "STATE",
+        "ENDPOINT",
+        "SINCE",
+    ]
     assert out.splitlines()[1].split()[:3] == ["default/a", "Standard_NV36ads_A10_v5", "True"]
-    assert main(["status", "--repo", remote.url, "--cache-dir", str(tmp_path / "c2"), "--format", "json"]) == 0
+    assert (
+        main(["status", "--repo", remote.url, "--cache-dir", str(tmp_path / "c2"), "--format", "json"]) == 0
+    )
     import json
 
     data = json.loads(capsys.readouterr().out)
@@ -147,7 +162,9 @@ def test_100_user_pushes_racing_status_commits_lose_nothing(remote, tmp_path):
     i = 0
     while user.is_alive():
         i += 1
-        result = writer.write({"STATUS.md": f"status {i}\n", f"status/default/a{i % 3}.yaml": "x\n"}, f"status {i}")
+        result = writer.write(
+            {"STATUS.md": f"status {i}\n", f"status/default/a{i % 3}.yaml": "x\n"}, f"status {i}"
+        )
         writes += result.committed
     user.join()
     writer.write({"STATUS.md": "final\n"}, "final status")
@@ -158,7 +175,12 @@ def test_100_user_pushes_racing_status_commits_lose_nothing(remote, tmp_path):
     assert writes >= 1 and sum(m.startswith("status ") for m in messages) >= 1
     assert file_at(remote, "main", ".kaito/status/STATUS.md") == "final\n"
     # history is linear on top of users' work: no force push ever rewrote it
-    assert subprocess.run(["git", "--git-dir", str(remote.bare), "fsck", "--no-progress"], capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            ["git", "--git-dir", str(remote.bare), "fsck", "--no-progress"], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_in_tree_status_commits_are_not_reconciled(remote, tmp_path):

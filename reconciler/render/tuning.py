@@ -22,6 +22,7 @@ CONFIG_DIR = "/mnt/config"
 WEIGHTS_DIR = "/workspace/weights"
 PUSH_SECRET_DIR = "/var/run/kaito/push"
 BACKOFF_LIMIT = 2
+TUNING_GROUP = 10001  # the tuning image's group (deploy/images/tuning)
 
 
 def config_name(ws: Workspace) -> str:
@@ -188,6 +189,8 @@ def render(
     }
     pod_spec = {
         "restartPolicy": "Never",
+        # a non-root trainer can write its results to the user's volume (a PVC, ...)
+        "securityContext": {"fsGroup": TUNING_GROUP},
         "containers": [container],
         "volumes": volumes,
         "tolerations": GPU_TOLERATIONS,

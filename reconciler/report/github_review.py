@@ -83,6 +83,7 @@ class GitHubReviewer:
         self._cond = threading.Condition()
         self._stop = False
         self._paused_until = 0.0
+        self.is_leader = lambda: True  # with several replicas, only the Lease holder reviews
         self._thread = threading.Thread(target=self._run, name="github-review", daemon=True)
         self._thread.start()
 
@@ -116,6 +117,11 @@ class GitHubReviewer:
                 if self._stop:
                     return
                 number = self._queue.pop(0) if self._queue else None
+            if not self.is_leader():
+                if number is not None:
+                    self.enqueue(number)
+                time.sleep(1.0)
+                continue
             pause = self._paused_until - time.monotonic()
             if pause > 0:
                 if number is not None:

@@ -112,8 +112,13 @@ def _strip_for_compare(obj: dict) -> dict:
 class KubernetesTarget:
     name = "kubernetes"
 
-    def __init__(self, api_client: client.ApiClient, *, log_tail_lines: int = 200,
-                 timeout: tuple[float, float] = TIMEOUT):
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        log_tail_lines: int = 200,
+        timeout: tuple[float, float] = TIMEOUT,
+    ):
         self.api_client = api_client
         self.timeout = timeout
         self._apis: dict[type, Any] = {}
@@ -150,7 +155,9 @@ class KubernetesTarget:
         objects: dict[WorkspaceKey, dict[tuple[str, str], dict]] = {}
         for kind, ka in KINDS.items():
             method = getattr(self._api(ka.api), f"list_{ka.suffix}_for_all_namespaces")
-            data = _json(method(label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout))
+            data = _json(
+                method(label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout)
+            )
             self.list_calls += 1
             for item in data.get("items", []):
                 md = item["metadata"]
@@ -315,7 +322,8 @@ class KubernetesTarget:
             current = self._current.get(key)
         if current is None:
             current = plan is not None and all(
-                self._needs_write(key, o, live.get((o["kind"], o["metadata"]["name"]))) is None for o in plan.objects
+                self._needs_write(key, o, live.get((o["kind"], o["metadata"]["name"]))) is None
+                for o in plan.objects
             )
         applied = plan is not None and current
         with self._lock:

@@ -93,17 +93,52 @@ def main() -> None:
     remote.write({f"workspaces/ws-{i:04d}.yaml": workspace(i) for i in range(n)}, f"{n} workspaces")
     with KubeAPIServer() as kube:
         for j in range(4):
-            kube.put_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"gpu-{j}", "labels": {"pool": "gpu"}},
-                             "status": {"conditions": [{"type": "Ready", "status": "True"}],
-                                        "allocatable": {"nvidia.com/gpu": "8"}, "capacity": {"nvidia.com/gpu": "8"}}})
+            kube.put_object(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "metadata": {"name": f"gpu-{j}", "labels": {"pool": "gpu"}},
+                    "status": {
+                        "conditions": [{"type": "Ready", "status": "True"}],
+                        "allocatable": {"nvidia.com/gpu": "8"},
+                        "capacity": {"nvidia.com/gpu": "8"},
+                    },
+                }
+            )
         kubeconfig = kube.write_kubeconfig(tmp / "kubeconfig")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "KAITO_GITOPS_WEBHOOK_SECRET": SECRET.decode(), "PYTHONDONTWRITEBYTECODE": "1"}
-        cmd = [sys.executable, "-m", "reconciler", "run", "--repo", remote.url, "--path", "workspaces",
-               "--target", "kubernetes", "--kubeconfig", str(kubeconfig), "--listen", f"127.0.0.1:{port}",
-               "--interval", "1h", "--resync", "1h", "--status", "off", "--log-format", "json", "--log-level", "warning",
-               "--cache-dir", str(tmp / "cache"), "--workers", "8"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "run",
+            "--repo",
+            remote.url,
+            "--path",
+            "workspaces",
+            "--target",
+            "kubernetes",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            "1h",
+            "--resync",
+            "1h",
+            "--status",
+            "off",
+            "--log-format",
+            "json",
+            "--log-level",
+            "warning",
+            "--cache-dir",
+            str(tmp / "cache"),
+            "--workers",
+            "8",
+        ]
         start = time.perf_counter()
         daemon_log = open(tmp / "daemon.log", "w")  # noqa: SIM115 - closed in finally
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=daemon_log)
@@ -136,8 +171,16 @@ def main() -> None:
 
                 def applied(i=i, preset=preset) -> bool:
                     sts = kube.get_object("apps/v1", "StatefulSet", f"team-{i % 10}", f"ws-{i:04d}")
-                    cmd = (sts or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0]
-                    return any(preset.replace("-instruct", "") in part.lower() for part in cmd.get("command", []))
+                    cmd = (
+                        (sts or {})
+                        .get("spec", {})
+                        .get("template", {})
+                        .get("spec", {})
+                        .get("containers", [{}])[0]
+                    )
+                    return any(
+                        preset.replace("-instruct", "") in part.lower() for part in cmd.get("command", [])
+                    )
 
                 wait(applied, 60)
                 latencies.append(time.perf_counter() - t0)
@@ -152,7 +195,9 @@ def main() -> None:
     print(f"reconcile_bench: {n} workspaces ({3 * n} objects)")
     print(f"  first full apply:        {first:.2f} s (process start to the end of the first pass)")
     print(f"  no-op pass:              {noop_seconds:.3f} s, {noop_writes} write calls")
-    print(f"  push -> applied webhook: p50 {statistics.median(lat):.3f} s, p95 {p95:.3f} s over {len(lat)} pushes")
+    print(
+        f"  push -> applied webhook: p50 {statistics.median(lat):.3f} s, p95 {p95:.3f} s over {len(lat)} pushes"
+    )
     print(f"  daemon peak RSS:         {rss:.0f} MiB")
 
 

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import git
 
-ENV = {"GIT_AUTHOR_NAME": "dev", "GIT_AUTHOR_EMAIL": "dev@example.com", "GIT_COMMITTER_NAME": "dev",
-       "GIT_COMMITTER_EMAIL": "dev@example.com", "GIT_TERMINAL_PROMPT": "0"}
+ENV = {
+    "GIT_AUTHOR_NAME": "dev",
+    "GIT_AUTHOR_EMAIL": "dev@example.com",
+    "GIT_COMMITTER_NAME": "dev",
+    "GIT_COMMITTER_EMAIL": "dev@example.com",
+    "GIT_TERMINAL_PROMPT": "0",
+}
 
 
 def free_port() -> int:
@@ -33,9 +38,21 @@ class GitDaemon:
 
     def start(self) -> GitDaemon:
         self.proc = subprocess.Popen(
-            ["git", "daemon", "--export-all", "--enable=receive-pack", f"--base-path={self.root}",
-             "--listen=127.0.0.1", f"--port={self.port}", "--reuseaddr", "--informative-errors", str(self.root)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "git",
+                "daemon",
+                "--export-all",
+                "--enable=receive-pack",
+                f"--base-path={self.root}",
+                "--listen=127.0.0.1",
+                f"--port={self.port}",
+                "--reuseaddr",
+                "--informative-errors",
+                str(self.root),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -57,7 +74,9 @@ class GitDaemon:
 class GitRemote:
     """A bare repository (the remote) and a clone of it to work in."""
 
-    def __init__(self, root: Path, name: str = "gitops.git", daemon: GitDaemon | None = None, branch: str = "main"):
+    def __init__(
+        self, root: Path, name: str = "gitops.git", daemon: GitDaemon | None = None, branch: str = "main"
+    ):
         self.root = Path(root)
         self.bare = self.root / "remotes" / name
         self.bare.parent.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,12 @@ def sign(secret: bytes, body: bytes) -> str:
 
 
 def deliver(url: str, body: bytes, event: str, secret: bytes | None, delivery: str | None = None) -> int:
-    headers = {"Content-Type": "application/json", "X-GitHub-Event": event,
-               "X-GitHub-Delivery": delivery or str(uuid.uuid4()), "User-Agent": "GitHub-Hookshot/test"}
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+        "User-Agent": "GitHub-Hookshot/test",
+    }
     if secret is not None:
         headers["X-Hub-Signature-256"] = sign(secret, body)
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")

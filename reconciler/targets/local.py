@@ -1,0 +1,488 @@
+"""The local target: each workspace as a process on this machine, so the whole loop runs on a laptop.
+
+Inference runs `python -m runtime.inference` (the CPU server, or SGLang when a GPU and sglang
+are there) on a free 127.0.0.1 port, restarted with backoff if it dies; tuning runs
+`python -m runtime.tuning` like a Job (a few retries, then Failed). Data, adapters and outputs
+live under the state folder, or in `hostPath` folders the workspace names. Processes run in
+their own process groups and are stopped with the workspace or the daemon: nothing is left
+behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from ..catalog import GIB
+from ..configs import TRAINING_KEY
+from ..planning import WorkspacePlan
+from ..progress_format import progress_from_dict
+from ..status import JobState, NodeState, Observation
+from .base import ApplyResult, WorkspaceKey
+
+log = structlog.get_logger("kaito_gitops.local")
+
+RESTART_MAX_DELAY = 60.0
+TUNING_RETRIES = 2  # like the Job's backoffLimit
+STOP_GRACE = 10.0
+CPU_BYTES_PER_PARAM = 4 * 1.3  # fp32 weights on CPU plus activations and the Python process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def available_memory() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return 0
+
+
+def _drop(args: list[str], name: str, with_value: bool = True) -> list[str]:
+    out, skip = [], 0
+    for a in args:
+        if skip:
+            skip -= 1
+            continue
+        if a == name:
+            skip = 1 if with_value else 0
+            continue
+        out.append(a)
+    return out
+
+
+def has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None and importlib.util.find_spec("sglang") is not None
+
+
+@dataclass
+class Workload:
+    key: WorkspaceKey
+    kind: str
+    signature: str
+    folder: Path
+    steps: list[list[str]]  # setup commands, then the main command last
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    state: str = "Pending"  # Pending | Running | Ready | Succeeded | Failed
+    error: str = ""
+    restarts: int = 0
+    failures: int = 0
+    thread: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress_file: Path | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}" if self.port else ""
+
+
+class LocalTarget:
+    name = "local"
+
+    def __init__(
+        self,
+        state_dir: str | Path = ".kaito-gitops/local",
+        *,
+        python: str = sys.executable,
+        cache_dir: str | Path | None = None,
+        docker_config: str | None = None,
+    ):
+        self.state_dir = Path(state_dir).resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.python = python
+        self.cache_dir = Path(
+            cache_dir or os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
+        )
+        self.docker_config = docker_config or os.environ.get("KAITO_GITOPS_DOCKER_CONFIG")
+        self.workloads: dict[WorkspaceKey, Workload] = {}
+        self._lock = threading.Lock()
+
+    # -- the target interface -----------------------------------------------------------
+    def refresh(self) -> None:
+        return None
+
+    def live_workspaces(self) -> dict[WorkspaceKey, str]:
+        with self._lock:
+            return {k: "" for k in self.workloads}
+
+    def nodes(self, plan: WorkspacePlan) -> list[NodeState] | None:
+        return None  # this machine is the node
+
+    def apply(self, plan: WorkspacePlan) -> ApplyResult:
+        signature = hashlib.sha256(
+            json.dumps(
+                [o for o in plan.objects if o["kind"] in ("StatefulSet", "Job", "ConfigMap")],
+                sort_keys=True,
+                default=str,
+            ).encode()
+        ).hexdigest()[:16]
+        with self._lock:
+            current = self.workloads.get(plan.key)
+        if current is not None and current.signature == signature:
+            return ApplyResult()
+        if current is not None:
+            self._stop(current)
+        workload = self._workload(plan, signature, current)
+        with self._lock:
+            self.workloads[plan.key] = workload
+        refusal = self._refuse(plan)
+        if refusal:
+            workload.state, workload.error = "Failed", refusal
+            log.warning(
+                "workspace refused on this machine", workspace=f"{plan.key[0]}/{plan.key[1]}", reason=refusal
+            )
+            return ApplyResult(writes=1, applied=["process (refused)"])
+        workload.thread = threading.Thread(
+            target=self._supervise, args=(workload,), daemon=True, name=f"local-{plan.key[1]}"
+        )
+        workload.thread.start()
+        log.info(
+            "started",
+            workspace=f"{plan.key[0]}/{plan.key[1]}",
+            kind=workload.kind,
+            endpoint=workload.endpoint,
+        )
+        return ApplyResult(writes=1, applied=["process"])
+
+    def remove(self, key: WorkspaceKey) -> tuple[bool, ApplyResult]:
+        with self._lock:
+            workload = self.workloads.pop(key, None)
+        if workload is None:
+            return True, ApplyResult()
+        self._stop(workload)
+        (workload.folder / "endpoint.json").unlink(missing_ok=True)
+        log.info("stopped", workspace=f"{key[0]}/{key[1]}")
+        return True, ApplyResult(writes=1, deleted=["process"])
+
+    def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
+        with self._lock:
+            w = self.workloads.get(key)
+        kind = plan.kind if plan else "inference"
+        if w is None:
+            return Observation(kind, False)
+        if w.kind == "inference":
+            ready = w.state == "Ready"
+            return Observation(
+                "inference",
+                True,
+                replicas=1,
+                ready_replicas=1 if ready else 0,
+                endpoint=w.endpoint if ready else "",
+                process_error=w.error if w.state == "Failed" or (w.error and not ready) else "",
+            )
+        progress = None
+        if w.progress_file and w.progress_file.exists():
+            try:
+                progress = progress_from_dict(json.loads(w.progress_file.read_text()))
+            except (OSError, ValueError):
+                progress = None
+        job = JobState(
+            active=1 if w.state == "Running" else 0,
+            succeeded=1 if w.state == "Succeeded" else 0,
+            failed=w.failures if w.state == "Failed" else 0,
+            failed_message=w.error,
+        )
+        return Observation(
+            "tuning",
+            True,
+            job=job,
+            progress=progress,
+            process_error=w.error if w.state == "Failed" and not w.failures else "",
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            workloads = list(self.workloads.values())
+            self.workloads.clear()
+        for w in workloads:
+            self._stop(w)
+
+    # -- building commands ----------------------------------------------------------------
+    def _refuse(self, plan: WorkspacePlan) -> str:
+        """A model this machine cannot hold is refused with the numbers, before downloading anything."""
+        if plan.model is None or plan.kind != "inference" or has_gpu():
+            return ""
+        need = plan.model.parameters_b * 1e9 * CPU_BYTES_PER_PARAM
+        have = available_memory()
+        if have and need > have:
+            return (
+                f"{plan.model.name} needs about {need / GIB:.1f} GiB of memory on CPU ({plan.model.parameters_b:g}B "
+                f"parameters in fp32), this machine has {have / GIB:.1f} GiB available; run it in a cluster or "
+                "pick a smaller preset such as smollm2-135m-instruct"
+            )
+        return ""
+
+    def _workload(self, plan: WorkspacePlan, signature: str, previous: Workload | None) -> Workload:
+        ns, name = plan.key
+        folder = self.state_dir / ns / name
+        folder.mkdir(parents=True, exist_ok=True)
+        env = {"HF_HOME": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
+        if plan.kind == "inference":
+            port = previous.port if previous and previous.port else free_port()
+            steps = self._adapter_steps(plan, folder)
+            steps.append(self._inference_command(plan, folder, port))
+            return Workload(plan.key, "inference", signature, folder, steps, port, env)
+        steps, progress = self._tuning_steps(plan, folder)
+        return Workload(plan.key, "tuning", signature, folder, steps, 0, env, progress_file=progress)
+
+    def _adapter_steps(self, plan: WorkspacePlan, folder: Path) -> list[list[str]]:
+        adapters = folder / "adapters"
+        if adapters.exists():
+            shutil.rmtree(adapters)
+        adapters.mkdir(parents=True)
+        steps = []
+        for a in plan.workspace.inference.adapters if plan.workspace.inference else ():
+            if a.source is None or not a.source.name:
+                continue
+            if a.source.image:
+                cmd = [
+                    self.python,
+                    "-m",
+                    "runtime.adapters",
+                    "pull",
+                    "--image",
+                    a.source.image,
+                    "--dest",
+                    str(adapters / a.source.name),
+                    "--expect",
+                    "adapter",
+                ]
+                if self.docker_config:
+                    cmd += ["--docker-config", self.docker_config]
+                steps.append(cmd)
+            elif a.source.volume_source and "hostPath" in a.source.volume_source:
+                (adapters / a.source.name).symlink_to(
+                    Path(a.source.volume_source["hostPath"]["path"]).resolve()
+                )
+        return steps
+
+    def _inference_command(self, plan: WorkspacePlan, folder: Path, port: int) -> list[str]:
+        container = plan.objects[-1]["spec"]["template"]["spec"]["containers"][0]
+        args = list(container["command"][3:])  # after python -m runtime.inference
+        extra: list[str] = []
+        if "--" in args:
+            extra = args[args.index("--") :]
+            args = args[: args.index("--")]
+        for cluster_only in (
+            "--port",
+            "--download-dir",
+            "--config-file",
+            "--adapters-dir",
+            "--dist-init-addr",
+            "--nnodes",
+        ):
+            args = _drop(args, cluster_only)
+        backend = "sglang" if has_gpu() else "cpu"
+        args = ["--backend", backend, "--host", "127.0.0.1", "--port", str(port), *args]
+        if plan.workspace.inference and plan.workspace.inference.adapters:
+            args += ["--adapters-dir", str(folder / "adapters")]
+        if backend == "sglang":
+            args += extra
+        return [self.python, "-m", "runtime.inference", *args]
+
+    def _tuning_steps(self, plan: WorkspacePlan, folder: Path) -> tuple[list[list[str]], Path]:
+        t = plan.workspace.tuning
+        assert t is not None
+        steps: list[list[str]] = []
+        data = folder / "data"
+        if t.input and t.input.volume_source and "hostPath" in t.input.volume_source:
+            data = Path(t.input.volume_source["hostPath"]["path"]).resolve()
+        elif t.input and t.input.urls:
+            steps.append([self.python, "-m", "runtime.data", "fetch", "--dest", str(data), *t.input.urls])
+        elif t.input and t.input.image:
+            cmd = [
+                self.python,
+                "-m",
+                "runtime.adapters",
+                "pull",
+                "--image",
+                t.input.image,
+                "--dest",
+                str(data),
+                "--expect",
+                "any",
+            ]
+            if self.docker_config:
+                cmd += ["--docker-config", self.docker_config]
+            steps.append(cmd)
+        output = folder / "output"
+        if t.output and t.output.volume_source and "hostPath" in t.output.volume_source:
+            output = Path(t.output.volume_source["hostPath"]["path"]).resolve()
+        output.mkdir(parents=True, exist_ok=True)
+        cm = next(o for o in plan.objects if o["kind"] == "ConfigMap")
+        config = folder / "training_config.yaml"
+        config.write_text(cm["data"][TRAINING_KEY])
+        progress = folder / "progress.json"
+        progress.unlink(missing_ok=True)
+        model = plan.model.huggingface if plan.model else (t.preset.name if t.preset else "")
+        cmd = [
+            self.python,
+            "-m",
+            "runtime.tuning",
+            "--model",
+            model,
+            "--method",
+            t.method or "qlora",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(data),
+            "--output-dir",
+            str(output),
+            "--download-dir",
+            str(self.cache_dir),
+            "--progress-file",
+            str(progress),
+        ]
+        if t.output and t.output.image and self.docker_config:
+            cmd += [
+                "--push-image",
+                t.output.image,
+                "--docker-config",
+                self.docker_config,
+                "--model-name",
+                plan.model.name if plan.model else model,
+            ]
+        return [*steps, cmd], progress
+
+    # -- supervision ----------------------------------------------------------------------
+    def _spawn(self, w: Workload, cmd: list[str], log_name: str) -> subprocess.Popen:
+        logf = open(w.folder / log_name, "ab")  # noqa: SIM115 - the child owns it; closed after wait()
+        env = {**os.environ, **w.env}
+        proc = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=w.folder
+        )
+        proc._kaito_log = logf  # type: ignore[attr-defined]
+        return proc
+
+    @staticmethod
+    def _last_line(path: Path) -> str:
+        try:
+            lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1][-300:] if lines else ""
+
+    def _run_setup(self, w: Workload) -> bool:
+        for i, cmd in enumerate(w.steps[:-1]):
+            if w.stop.is_set():
+                return False
+            proc = w.proc = self._spawn(w, cmd, "setup.log")
+            code = proc.wait()
+            proc._kaito_log.close()  # type: ignore[attr-defined]
+            if code != 0:
+                w.error = f"setup step {i + 1} ({cmd[2]}) failed: {self._last_line(w.folder / 'setup.log')}"
+                return False
+        return True
+
+    def _supervise(self, w: Workload) -> None:
+        delay = 1.0
+        while not w.stop.is_set():
+            w.state, w.error = ("Pending" if w.kind == "inference" else "Running"), w.error
+            if not self._run_setup(w):
+                if w.stop.is_set():
+                    return
+                w.failures += 1
+                if w.kind == "tuning" and w.failures > TUNING_RETRIES:
+                    w.state = "Failed"
+                    return
+                w.stop.wait(delay)
+                delay = min(delay * 2, RESTART_MAX_DELAY)
+                continue
+            proc = w.proc = self._spawn(
+                w, w.steps[-1], "server.log" if w.kind == "inference" else "tuning.log"
+            )
+            if w.kind == "inference":
+                code = self._watch_server(w, proc)
+            else:
+                w.state = "Running"
+                code = proc.wait()
+            proc._kaito_log.close()  # type: ignore[attr-defined]
+            if w.stop.is_set():
+                return
+            if w.kind == "tuning":
+                if code == 0:
+                    w.state, w.error = "Succeeded", ""
+                    return
+                w.failures += 1
+                w.error = f"tuning exited with code {code}: {self._last_line(w.folder / 'tuning.log')}"
+                if w.failures > TUNING_RETRIES:
+                    w.state = "Failed"
+                    return
+            else:
+                w.restarts += 1
+                w.state = "NotReady"
+                w.error = f"server exited with code {code}: {self._last_line(w.folder / 'server.log')}"
+                (w.folder / "endpoint.json").unlink(missing_ok=True)
+                log.warning(
+                    "local server died; restarting",
+                    workspace=f"{w.key[0]}/{w.key[1]}",
+                    code=code,
+                    restart_in=round(delay, 1),
+                    error=w.error,
+                )
+            w.stop.wait(delay)
+            delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    def _watch_server(self, w: Workload, proc: subprocess.Popen) -> int:
+        """Poll /health until the process exits or we are stopped; mark Ready while it answers."""
+        while True:
+            code = proc.poll()
+            if code is not None:
+                return code
+            if w.stop.wait(0.5):
+                return 0
+            healthy = False
+            try:
+                with urllib.request.urlopen(f"{w.endpoint}/health", timeout=2) as resp:
+                    healthy = resp.status == 200
+            except OSError:
+                healthy = False
+            if healthy and w.state != "Ready":
+                w.state, w.error = "Ready", ""
+                (w.folder / "endpoint.json").write_text(
+                    json.dumps({"endpoint": w.endpoint, "state": "Ready"})
+                )
+                log.info("serving", workspace=f"{w.key[0]}/{w.key[1]}", endpoint=w.endpoint)
+            elif not healthy and w.state == "Ready":
+                w.state = "NotReady"
+
+    def _stop(self, w: Workload) -> None:
+        w.stop.set()
+        proc = w.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(STOP_GRACE)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+        if w.thread is not None and w.thread is not threading.current_thread():
+            w.thread.join(timeout=STOP_GRACE + 5)
