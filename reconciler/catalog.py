@@ -140,6 +140,39 @@ class Catalog:
         return [lowered[h] for h in hits]
 
 
+GFD_PRODUCT, GFD_COUNT, GFD_MEMORY = "nvidia.com/gpu.product", "nvidia.com/gpu.count", "nvidia.com/gpu.memory"
+GFD_CC_MAJOR, GFD_CC_MINOR = "nvidia.com/cuda.compute.major", "nvidia.com/cuda.compute.minor"
+
+
+def sku_from_gpu_labels(labels: dict[str, str]) -> Sku | None:
+    """What a bring-your-own node offers, from NVIDIA GPU feature discovery's labels (Kaito's rule).
+
+    `nvidia.com/gpu.memory` is MiB per GPU. None when a required label is missing or malformed.
+    """
+    try:
+        product = labels[GFD_PRODUCT]
+        count = int(labels[GFD_COUNT])
+        memory_gib = round(int(labels[GFD_MEMORY]) / 1024)
+    except (KeyError, ValueError):
+        return None
+    try:
+        cc = float(f"{int(labels[GFD_CC_MAJOR])}.{int(labels[GFD_CC_MINOR])}")
+    except (KeyError, ValueError):
+        cc = 8.0 if any(g in product.upper() for g in ("A100", "A10", "H100", "H200", "L4", "L40")) else 7.0
+    return Sku(
+        name=f"byo:{product}",
+        gpu=product,
+        gpu_count=count,
+        gpu_memory_gib=memory_gib,
+        compute_capability=cc,
+        bf16=cc >= 8.0,
+        nvme=False,
+        vcpus=0,
+        memory_gib=0,
+        price_per_hour=None,
+    )
+
+
 def _data_root() -> Traversable:
     return resources.files("reconciler") / "_data"
 

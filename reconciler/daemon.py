@@ -19,10 +19,12 @@ from datetime import UTC, datetime
 
 import structlog
 
+from .catalog import load_catalog, sku_from_gpu_labels
 from .findings import Finding
 from .metrics import Metrics
-from .planning import WorkspacePlan, plan_revision
+from .planning import WorkspacePlan, plan_revision, plan_workspace
 from .provisioners.base import Provisioner
+from .provisioners.none import byo_label_problem
 from .render.common import RenderSettings
 from .source.git import GitSource, SourceError
 from .status import (
@@ -48,7 +50,6 @@ class DaemonSettings:
     namespace: str = "default"
     interval: float = 60.0
     jitter: float = 0.1  # +-10 % on the polling interval, so replicas and repos spread out
-    resync: float = 600.0  # observe every workspace at least this often even without a trigger
     workers: int = 8
     backoff_min: float = 1.0
     backoff_max: float = 600.0
@@ -223,6 +224,7 @@ class Daemon:
             self._load(rev)
         self.target.refresh()
         self.provisioner.refresh()
+        self._size_byo()
         live = self.target.live_workspaces()
         owned = self.provisioner.owned()
         result = PassResult(rev, changed)
@@ -298,6 +300,38 @@ class Daemon:
             except Exception as e:  # a reporter must never stop reconciling
                 log.warning("pass callback failed", error=_error_text(e))
         return result
+
+    def _size_byo(self) -> None:
+        """Bring-your-own nodes: plan with the GPUs their labels report, known only once the cluster is read."""
+        if self.validated is None:
+            return
+        settings = RenderSettings(**{**self.render.__dict__, "revision": self.revision[:12]})
+        for key, plan in list(self.desired.items()):
+            if plan.workspace.resource.instance_type or plan.node_pool is not None:
+                continue
+            nodes = self.target.nodes(plan)
+            if not nodes or byo_label_problem(nodes):
+                continue
+            sku = sku_from_gpu_labels(dict(nodes[0].gpu_labels))
+            if sku is None or plan.sku == sku:
+                continue
+            new = plan_workspace(
+                plan.workspace,
+                catalog=load_catalog(),
+                configmaps=self.validated.configmaps,
+                settings=settings,
+                byo_sku=sku,
+            )
+            self.desired[key] = new
+            if self.last_good.get(key) is plan:
+                self.last_good[key] = new
+            log.info(
+                "sized for bring-your-own nodes",
+                workspace=f"{key[0]}/{key[1]}",
+                gpu=sku.gpu,
+                gpus_per_node=sku.gpu_count,
+                gpu_memory_gib=sku.gpu_memory_gib,
+            )
 
     def _only_ours(self, old: str, new: str) -> bool:
         try:

@@ -31,6 +31,7 @@ class NodeState:
     ready: bool
     gpus: int  # allocatable nvidia.com/gpu
     pressure: tuple[str, ...] = ()  # MemoryPressure, DiskPressure, PIDPressure
+    gpu_labels: tuple[tuple[str, str], ...] = ()  # nvidia.com/* and GFD labels, for bring-your-own nodes
 
 
 @dataclass(frozen=True)

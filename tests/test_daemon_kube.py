@@ -364,9 +364,26 @@ def test_tuning_job_lifecycle(kube, remote, tmp_path):
     pods = [p["metadata"]["name"] for p in kube.objects("Pod")]
     kube.set_pod_phase("llm", pods[0], "Running")
     kube.reconcile_workloads()
+    # the trainer logs its progress as JSON lines (runtime/progress.py); the daemon reads the newest
+    kube.set_pod_log(
+        "llm",
+        pods[0],
+        "\n".join(
+            [
+                '{"event": "phase", "phase": "training", "step": 0, "total_steps": 400}',
+                '{"event": "progress", "state": "Running", "step": 120, "total_steps": 400, "loss": 1.234, '
+                '"epoch": 0.9, "eta_seconds": 611, "learning_rate": 0.0002}',
+                "some other line",
+            ]
+        )
+        + "\n",
+        container="tuning-phi-3",
+    )
     d.run_pass()
     s = d.reports()[0].status
     assert s.state == "Running" and s.condition("JobStarted").status == "True"
+    assert (s.progress.step, s.progress.total_steps, s.progress.loss) == (120, 400, 1.234)
+    assert "step 120/400" in s.condition("WorkspaceSucceeded").message
     job = kube.get_object("batch/v1", "Job", "llm", "tuning-phi-3")
     kube.set_status(
         "batch/v1", "Job", "llm", "tuning-phi-3", {**(job.get("status") or {}), "active": 0, "succeeded": 1}
@@ -485,3 +502,35 @@ def test_webhook_push_is_applied_in_one_pass(kube, remote, tmp_path):
         loop.join(10)
         server.stop()
         d.close()
+
+
+def test_bring_your_own_nodes_are_sized_from_their_gpu_labels(kube, remote, tmp_path):
+    byo = (
+        (ROOT / "tests" / "fixtures" / "workspaces" / "byo-nodes.yaml")
+        .read_text()
+        .replace("  config: cluster-only-config\n", "")
+    )
+    remote.write({"workspaces/byo.yaml": byo})
+    kube.put_object(gpu_node("gpu-a", {"pool": "gpu-a100"}, gpus=4))
+    d = make(kube, remote, tmp_path)
+    d.run_pass()
+    c = d.reports()[0].status.condition("ResourceReady")
+    assert c.reason == "NodeGPULabelsMissing" and "nvidia.com/gpu.product" in c.message
+    assert not names(kube, "StatefulSet"), "nothing runs on nodes that cannot be sized"
+    gfd = {
+        "pool": "gpu-a100",
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+        "nvidia.com/gpu.count": "4",
+        "nvidia.com/gpu.memory": "81920",
+        "nvidia.com/cuda.compute.major": "8",
+        "nvidia.com/cuda.compute.minor": "0",
+    }
+    kube.put_object(gpu_node("gpu-a", gfd, gpus=4))
+    d.run_pass()
+    sts = kube.get_object("apps/v1", "StatefulSet", "default", "phi-4-byo")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    cmd = container["command"]
+    assert cmd[cmd.index("--dp-size") + 1] == "4" and cmd[cmd.index("--dtype") + 1] == "bfloat16"
+    assert d.reports()[0].status.condition("ResourceReady").status == "True"
+    assert d.run_pass().writes == 0, "sizing from the same labels again changes nothing"

@@ -8,6 +8,27 @@ from ..status import NodeState, ResourceStatus
 WorkspaceKey = tuple[str, str]
 
 
+GFD = ("nvidia.com/gpu.product", "nvidia.com/gpu.count", "nvidia.com/gpu.memory")
+
+
+def byo_label_problem(nodes: list[NodeState]) -> str:
+    """Kaito's rule for bring-your-own nodes: every node carries the same GPU labels."""
+    missing = [n.name for n in nodes if any(k not in dict(n.gpu_labels) for k in GFD)]
+    if missing:
+        return (
+            f"node(s) {', '.join(missing[:5])} lack the labels {', '.join(GFD)} that size the workspace: install "
+            "NVIDIA GPU feature discovery (or the GPU operator), or set an instanceType"
+        )
+    kinds = {tuple(dict(n.gpu_labels).get(k) for k in GFD) for n in nodes}
+    if len(kinds) > 1:
+        return (
+            "the matching nodes have different GPUs ("
+            + "; ".join("/".join(k) for k in sorted(kinds))
+            + "); narrow labelSelector to one kind"
+        )
+    return ""
+
+
 class NoneProvisioner:
     name = "none"
 
@@ -27,6 +48,12 @@ class NoneProvisioner:
                 "NodeNotFound",
                 f"no node has the labels {labels}; label your GPU nodes or set an instanceType",
             )
+        if not plan.workspace.resource.instance_type:
+            problem = byo_label_problem(nodes)
+            if problem:
+                return ResourceStatus(
+                    False, "NodeGPULabelsMissing", problem, nodes=tuple(sorted(n.name for n in nodes))
+                )
         if len(ready) < want:
             without_gpu = [n.name for n in nodes if n.ready and n.gpus == 0]
             if without_gpu:

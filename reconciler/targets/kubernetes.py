@@ -403,7 +403,9 @@ def node_state(n: dict) -> NodeState:
     except ValueError:
         gpus = 0
     pressure = tuple(t for t in ("MemoryPressure", "DiskPressure", "PIDPressure") if conds.get(t) == "True")
-    return NodeState(n["metadata"]["name"], conds.get("Ready") == "True", gpus, pressure)
+    labels = n["metadata"].get("labels") or {}
+    gpu_labels = tuple(sorted((k, v) for k, v in labels.items() if k.startswith("nvidia.com/")))
+    return NodeState(n["metadata"]["name"], conds.get("Ready") == "True", gpus, pressure, gpu_labels)
 
 
 def pod_state(p: dict) -> PodState:

@@ -1184,6 +1184,7 @@ class KubeAPIServer:
         self._requests: list[RecordedRequest] = []
         self._writes = 0
         self._faults: list[_Fault] = []
+        self._pod_logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> text
         self._latency: tuple[float, str | None] = (0.0, None)
         self._available = True
         self._stopping = threading.Event()
@@ -1764,6 +1765,8 @@ class KubeAPIServer:
             raise ApiError(404, "the server could not find the requested resource", {})
         name = rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else ""
+        if subresource == "log" and rt.plural == "pods" and method == "GET" and name:
+            return self._pod_log(namespace, name, query)
         if subresource and (subresource != "status" or not rt.status):
             raise ApiError(404, "the server could not find the requested resource", {})
         if query.get("watch") in ("true", "1"):
@@ -1795,6 +1798,26 @@ class KubeAPIServer:
             elif method == "DELETE" and not subresource:
                 return self._delete(rt, namespace, name, query, body)
         raise ApiError(405, "the server does not allow this method on the requested resource")
+
+    def _pod_log(self, namespace: str | None, name: str, query: dict) -> _Response:
+        """GET pods/<name>/log: what set_pod_log stored (a kubelet holds logs; there is none here)."""
+        with self._lock:
+            pod = self._objects[self.resource_type("v1", "Pod")].get(
+                self._key(self.resource_type("v1", "Pod"), namespace, name)
+            )
+            if pod is None:
+                raise ApiError(404, f'pods "{name}" not found', {"name": name, "kind": "pods"})
+            text = self._pod_logs.get((namespace or "", name, query.get("container", "")), "")
+        lines = text.splitlines(keepends=True)
+        tail = query.get("tailLines")
+        if tail and str(tail).isdigit():
+            lines = lines[-int(tail) :] if int(tail) else []
+        return _Response(200, "".join(lines).encode(), "text/plain")
+
+    def set_pod_log(self, namespace: str, name: str, text: str, container: str = "") -> None:
+        """Set the log a GET pods/<name>/log?container=<container> returns."""
+        with self._lock:
+            self._pod_logs[(namespace, name, container)] = text
 
     @staticmethod
     def _default_manager(handler: _Handler) -> str:
