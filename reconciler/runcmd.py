@@ -70,7 +70,6 @@ def build_daemon(cfg: RunConfig, api_client=None):
         paths=[p.strip("/") for p in cfg.path] or [""],
         namespace=cfg.namespace,
         interval=cfg.interval,
-        resync=cfg.resync,
         workers=cfg.workers,
         allow_empty_prune=cfg.allow_empty_prune,
         target_name=cfg.target,

@@ -47,7 +47,6 @@ class RunConfig:
     out: str = ""
     once: bool = False
     interval: float = 60.0
-    resync: float = 600.0
     namespace: str = "default"
     cache_dir: str = ".kaito-gitops/cache"
     workers: int = 8
@@ -98,7 +97,7 @@ class RunConfig:
 
 _BOOLS = {f.name for f in fields(RunConfig) if f.type in ("bool", bool)}
 _LISTS = {f.name for f in fields(RunConfig) if str(f.type).startswith("list")}
-_FLOATS = {"interval", "resync", "review_interval"}
+_FLOATS = {"interval", "review_interval"}
 _INTS = {"workers"}
 
 
@@ -125,8 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "target": "kubernetes | local | render",
         "out": "folder for the render target",
         "once": "run one pass and exit (exit code 1 when a workspace failed)",
-        "interval": "polling interval (30s, 5m)",
-        "resync": "observe every workspace at least this often",
+        "interval": "how often to check git and observe every workspace (30s, 5m); webhooks act at once",
         "listen": "host:port for /healthz, /readyz, /metrics and /webhook ('' to turn off)",
         "provisioner": "none (bring your own nodes) | aks",
         "status": "branch | tree | off",

@@ -262,3 +262,47 @@ def test_threads_are_not_left_behind(world):
     r = reviewer(remote, gh_double, tmp)
     r.close()
     assert threading.active_count() <= before
+
+
+def test_github_app_authentication_and_a_low_budget(world):
+    """A GitHub App key -> installation token; comments come from <slug>[bot]; a low budget pauses."""
+    import types
+
+    from reconciler.report.github_review import build_reviewer
+
+    remote, gh_double, tmp = world
+    app = gh_double.add_app(4242, "kaito-gitops-app")
+    key = tmp / "app.pem"
+    key.write_text(app.private_key_pem)
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    open_pr(remote, gh_double, 21, {"workspaces/b.yaml": ws("b")})
+    daemon = types.SimpleNamespace(
+        source=GitSource(remote.url, "main", tmp / "app-cache"),
+        on_pass=[],
+        render=RenderSettings(),
+        settings=types.SimpleNamespace(paths=["workspaces"], namespace="default"),
+    )
+    cfg = types.SimpleNamespace(
+        github_repo=f"{OWNER}/{REPO}",
+        github_api_url=gh_double.base_url,
+        github_app_id="4242",
+        github_app_key_file=str(key),
+        github_installation_id=str(app.installation_id),
+        github_token_file="",
+        review_interval=0,
+    )
+    r = build_reviewer(daemon, cfg)
+    try:
+        assert r.bot_login == "kaito-gitops-app[bot]"
+        r.review_now(21)
+        [c] = [
+            c for c in gh_double.comments(OWNER, REPO, 21) if c["user"]["login"] == "kaito-gitops-app[bot]"
+        ]
+        assert c["body"].startswith(MARKER)
+        # the budget runs low: the reviewer pauses until the reset instead of burning the rest
+        gh_double.set_rate_limit(10, reset_in_seconds=120)
+        r._reviewed.clear()
+        r.review_now(21)
+        assert r._paused_until > time.monotonic() + 60
+    finally:
+        r.close()

@@ -34,6 +34,7 @@ log = structlog.get_logger("kaito_gitops.review")
 
 VALIDATE_CONTEXT = "kaito-gitops/validate"
 DEPLOY_CONTEXT = "kaito-gitops/deploy"
+RATE_RESERVE = 50  # requests kept in hand for what matters (statuses, the comment) before pausing
 REVIEW_ACTIONS = {"opened", "synchronize", "reopened", "ready_for_review", "edited"}
 
 
@@ -155,8 +156,26 @@ class GitHubReviewer:
                 self.enqueue(pr.number)
 
     # -- one review ---------------------------------------------------------------------------
+    def _note_rate(self, resp) -> None:
+        """Slow down before GitHub has to stop us: pause until the reset when the budget runs low."""
+        try:
+            remaining = int(resp.headers.get("x-ratelimit-remaining", ""))
+            reset = float(resp.headers.get("x-ratelimit-reset", ""))
+        except ValueError:
+            return
+        if remaining < RATE_RESERVE:
+            wait_s = max(1.0, reset - time.time())
+            self._paused_until = time.monotonic() + wait_s
+            log.warning(
+                "GitHub API budget low: pausing reviews until it resets",
+                remaining=remaining,
+                seconds=round(wait_s),
+            )
+
     def review(self, number: int) -> None:
-        pr = self.gh.rest.pulls.get(self.owner, self.repo, number).json()
+        resp = self.gh.rest.pulls.get(self.owner, self.repo, number)
+        self._note_rate(resp)
+        pr = resp.json()
         if pr.get("merged"):
             self._track_merge(number, pr)
             return

@@ -126,8 +126,6 @@ def main() -> None:
             f"127.0.0.1:{port}",
             "--interval",
             "1h",
-            "--resync",
-            "1h",
             "--status",
             "off",
             "--log-format",
