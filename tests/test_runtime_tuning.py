@@ -293,6 +293,53 @@ def test_adapter_loads_on_the_base_and_is_trained(tuned):
     assert out.shape[1] == enc["input_ids"].shape[1] + 4
 
 
+def test_cpu_server_answers_with_the_pulled_adapter(tuned, tmp_path):
+    """The adapter as a user gets it (pulled from the registry) serves through the CPU server,
+    token for token what peft produces with it, and the base model stays untouched beside it."""
+    import torch
+    from fastapi.testclient import TestClient
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runtime import oci
+    from runtime.cpu_server import create_app
+
+    dest = tmp_path / "mnt-adapter" / "tiny-qlora"
+    oci.pull(tuned.image, dest, [tuned.docker_config], expect="adapter")
+    prompt, n = "The capital of Peru is", 8
+    app = create_app(
+        str(tuned.model),
+        "tiny-llama",
+        {"tiny-qlora": str(dest)},
+        load_in_background=False,
+        check_memory=False,
+    )
+    with TestClient(app) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert ids == ["tiny-llama", "tiny-qlora"]
+
+        def complete(model: str) -> str:
+            body = {"model": model, "prompt": prompt, "temperature": 0, "max_tokens": n, "min_tokens": n}
+            r = client.post("/v1/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] == n
+            return r.json()["choices"][0]["text"]
+
+        served_adapter, served_base = complete("tiny-qlora"), complete("tiny-llama")
+
+    tok = AutoTokenizer.from_pretrained(str(tuned.model))
+    enc = tok(prompt, return_tensors="pt")
+    base = AutoModelForCausalLM.from_pretrained(str(tuned.model), dtype=torch.float32)
+    with torch.no_grad():
+        plain = base.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        peft_model = PeftModel.from_pretrained(base, str(dest))
+        adapted = peft_model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    start = enc["input_ids"].shape[1]
+    assert served_adapter == tok.decode(adapted[0, start:], skip_special_tokens=True)
+    assert served_base == tok.decode(plain[0, start:], skip_special_tokens=True)
+    assert served_adapter != served_base  # training moved the greedy answer
+
+
 def test_bad_data_fails_with_file_and_row(tiny_model, tmp_path):
     (tmp_path / "data").mkdir()
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
