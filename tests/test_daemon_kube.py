@@ -213,6 +213,53 @@ def test_api_down_or_slow_keeps_health_and_converges_afterwards(kube, remote, tm
         d.close()
 
 
+def test_git_remote_down_keeps_health_and_objects_then_converges(kube, tmp_path):
+    """An unreachable remote is not an empty repository: nothing is pruned while it is gone."""
+    gitd = GitDaemon(tmp_path / "served").start()
+    remote = GitRemote(tmp_path / "served", "gitops.git")
+    remote.url = gitd.url("remotes/gitops.git")
+    remote.write({"workspaces/a.yaml": ws("a")})
+    kube.put_object(node_for("a"))
+    kube.put_object(node_for("b"))
+    d = make(kube, remote, tmp_path, interval=0.1)
+    server = OpsServer(
+        host="127.0.0.1",
+        port=0,
+        metrics_text=d.metrics.text,
+        healthy=lambda: time.monotonic() - d.heartbeat < 30,
+        ready=lambda: d.synced.is_set(),
+    ).start()
+    loop = threading.Thread(target=d.run_forever, daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: names(kube, "StatefulSet") == ["a"])
+        gitd.stop()
+        remote.write({"workspaces/b.yaml": ws("b")})  # pushed to the bare repo while it is unreachable
+        wait_for(lambda: d._global_failures >= 2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as resp:
+            assert resp.status == 200, "the daemon stays healthy while git is down"
+        assert d.metrics.fetch_failures._value.get() >= 2
+        assert names(kube, "StatefulSet") == ["a"], "nothing pruned or changed while the remote is gone"
+        gitd.start()  # same port: --reuseaddr
+        wait_for(lambda: names(kube, "StatefulSet") == ["a", "b"])
+        assert d.revision == remote.head()
+    finally:
+        d.stop()
+        loop.join(10)
+        server.stop()
+        d.close()
+        gitd.stop()
+
+
+def wait_for(condition, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    assert condition()
+
+
 def test_killed_mid_pass_and_restarted_converges_without_duplicates(kube, remote, tmp_path):
     remote.write({f"workspaces/w{i}.yaml": ws(f"w{i}") for i in range(3)})
     for i in range(3):
