@@ -209,3 +209,41 @@ def _wait(cond, timeout: float = 20.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_a_commit_in_a_local_repository_is_picked_up_without_waiting_for_the_poll(tmp_path):
+    """A local path source: the ref watcher pokes the daemon, so an hour-long interval does not matter."""
+    from reconciler.source.watch import RefWatcher
+
+    work = GitRemote(tmp_path / "local", "unused.git")  # only its working clone is used, read in place
+    work.write({"workspaces/a.yaml": ws("a")}, push=False)
+    source = GitSource(str(work.work), "main", tmp_path / "cache")
+    assert source.local and source.watch_paths() == [str(work.work / ".git")]
+    settings = DaemonSettings(paths=["workspaces"], workers=2, target_name="render", interval=3600)
+    d = Daemon(source, RenderTarget(tmp_path / "out"), NoneProvisioner(), settings)
+    watcher = RefWatcher(source.watch_paths()[0], d.poke).start()
+    loop = threading.Thread(target=d.run_forever, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "default/a/statefulset-a.yaml" not in rendered(tmp_path):
+            time.sleep(0.05)
+        assert "default/a/statefulset-a.yaml" in rendered(tmp_path)
+        t0 = time.monotonic()
+        sha = work.write({"workspaces/b.yaml": ws("b")}, push=False)
+        while time.monotonic() - t0 < 10 and "default/b/statefulset-b.yaml" not in rendered(tmp_path):
+            time.sleep(0.05)
+        assert "default/b/statefulset-b.yaml" in rendered(tmp_path), "not noticed in 10 s (interval: 1 h)"
+        assert d.revision == sha
+
+        def passes() -> float:
+            return d.metrics.registry.get_sample_value("kaito_gitops_pass_duration_seconds_count")
+
+        before = passes()
+        time.sleep(1.0)
+        assert passes() == before, "reading the refs must not poke another pass"
+    finally:
+        d.stop()
+        loop.join(10)
+        watcher.stop()
+        d.close()
