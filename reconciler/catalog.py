@@ -142,6 +142,7 @@ class Catalog:
 
 GFD_PRODUCT, GFD_COUNT, GFD_MEMORY = "nvidia.com/gpu.product", "nvidia.com/gpu.count", "nvidia.com/gpu.memory"
 GFD_CC_MAJOR, GFD_CC_MINOR = "nvidia.com/cuda.compute.major", "nvidia.com/cuda.compute.minor"
+BYO_PREFIX = "byo:"  # names of Skus read from node labels rather than the catalog
 
 
 def sku_from_gpu_labels(labels: dict[str, str]) -> Sku | None:
@@ -160,7 +161,7 @@ def sku_from_gpu_labels(labels: dict[str, str]) -> Sku | None:
     except (KeyError, ValueError):
         cc = 8.0 if any(g in product.upper() for g in ("A100", "A10", "H100", "H200", "L4", "L40")) else 7.0
     return Sku(
-        name=f"byo:{product}",
+        name=f"{BYO_PREFIX}{product}",
         gpu=product,
         gpu_count=count,
         gpu_memory_gib=memory_gib,

@@ -23,6 +23,12 @@ class UsageError(Exception):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--byo-nodes",
+        action="store_true",
+        help="the GPU nodes are yours (daemon provisioner none): no node pools; instanceType only hints "
+        "at sizing",
+    )
+    p.add_argument(
         "--namespace",
         default=os.environ.get("KAITO_GITOPS_NAMESPACE", "default"),
         help="namespace for workspaces that do not set metadata.namespace (default: %(default)s)",
@@ -44,7 +50,12 @@ def _load(paths: list[str], args, target: str | None = None, base_rev: str | Non
         base = _load_base(paths, base_rev, args)
     files = list(disk_files(paths, args.max_file_bytes))
     return validate_sources(
-        files, namespace=args.namespace, target=target, base=base, max_file_bytes=args.max_file_bytes
+        files,
+        namespace=args.namespace,
+        target=target,
+        base=base,
+        max_file_bytes=args.max_file_bytes,
+        byo_nodes=args.byo_nodes,
     )
 
 
@@ -72,7 +83,9 @@ def _load_base(paths: list[str], rev: str, args):
     for path, data in revision_files(repo, rev, [p for p in prefixes if p], args.max_file_bytes):
         display = os.path.normpath(os.path.join(cwd_rel, path)) if cwd_rel != "." else path
         files.append((display, data))
-    return validate_sources(files, namespace=args.namespace, max_file_bytes=args.max_file_bytes)
+    return validate_sources(
+        files, namespace=args.namespace, max_file_bytes=args.max_file_bytes, byo_nodes=args.byo_nodes
+    )
 
 
 # --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ def _settings(args, revision: str = ""):
         tuning_image=args.tuning_image,
         image_pull_secrets=tuple(args.image_pull_secret or ()),
         revision=revision,
+        byo_nodes=args.byo_nodes,
     )
 
 

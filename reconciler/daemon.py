@@ -157,6 +157,7 @@ class Daemon:
             target=self.settings.target_name,
             max_file_bytes=self.settings.max_file_bytes,
             cache=cache,
+            byo_nodes=self.render.byo_nodes,
         )
         current = {(path, raw, self.settings.max_file_bytes) for path, raw in files}
         for k in [k for k in cache if k not in current]:  # forget files that are gone or changed
@@ -307,7 +308,10 @@ class Daemon:
             return
         settings = RenderSettings(**{**self.render.__dict__, "revision": self.revision[:12]})
         for key, plan in list(self.desired.items()):
-            if plan.workspace.resource.instance_type or plan.node_pool is not None:
+            ours = plan.node_pool is not None or (
+                plan.workspace.resource.instance_type and not self.render.byo_nodes
+            )
+            if ours:  # nodes we provision are sized from the catalog
                 continue
             nodes = self.target.nodes(plan)
             if not nodes or byo_label_problem(nodes):

@@ -100,8 +100,9 @@ def plan_workspace(
     without it such a workspace is planned for one GPU per node and says so.
     """
     model = catalog.model(ws.preset.name) if ws.preset and ws.preset.name else None
-    provisioned = bool(ws.resource.instance_type)
-    sku = catalog.sku(ws.resource.instance_type) if provisioned else byo_sku
+    named = catalog.sku(ws.resource.instance_type) if ws.resource.instance_type else None
+    provisioned = bool(ws.resource.instance_type) and not settings.byo_nodes
+    sku = named if provisioned else (byo_sku or named)
     notes: list[str] = []
     problems: list[str] = []
     if not provisioned:

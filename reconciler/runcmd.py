@@ -78,6 +78,7 @@ def build_daemon(cfg: RunConfig, api_client=None):
         inference_image=cfg.inference_image,
         tuning_image=cfg.tuning_image,
         image_pull_secrets=tuple(cfg.image_pull_secret),
+        byo_nodes=cfg.provisioner == "none",
     )
     if cfg.target == "kubernetes" and api_client is None:
         api_client = kube_client(cfg)

@@ -20,6 +20,7 @@ from support.gitserver import GitDaemon, GitRemote
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.leader import LeaseElector
 from reconciler.provisioners.none import NoneProvisioner
+from reconciler.render.common import RenderSettings
 from reconciler.server import OpsServer
 from reconciler.source.git import GitSource
 from reconciler.targets.kubernetes import KubernetesTarget
@@ -52,12 +53,16 @@ def remote(tmp_path):
     d.stop()
 
 
-def make(kube, remote, tmp_path, provisioner=None, **kw):
+def make(kube, remote, tmp_path, provisioner=None, render=None, **kw):
     api = client.ApiClient(kube.client_config())
     target = KubernetesTarget(api, timeout=(2, 2))
     settings = DaemonSettings(paths=["workspaces"], workers=4, backoff_min=0.05, backoff_max=0.2, **kw)
     return Daemon(
-        GitSource(remote.url, "main", tmp_path / "cache"), target, provisioner or NoneProvisioner(), settings
+        GitSource(remote.url, "main", tmp_path / "cache"),
+        target,
+        provisioner or NoneProvisioner(),
+        settings,
+        render,
     )
 
 
@@ -581,3 +586,25 @@ def test_bring_your_own_nodes_are_sized_from_their_gpu_labels(kube, remote, tmp_
     assert cmd[cmd.index("--dp-size") + 1] == "4" and cmd[cmd.index("--dtype") + 1] == "bfloat16"
     assert d.reports()[0].status.condition("ResourceReady").status == "True"
     assert d.run_pass().writes == 0, "sizing from the same labels again changes nothing"
+
+
+def test_your_own_nodes_need_only_the_label_selector_and_instance_type_is_a_hint(kube, remote, tmp_path):
+    """As `kaito-gitops run --provisioner none` sets it up (deploy/overlays/byo-nodes)."""
+    phi = (ROOT / "example-repo" / "workspaces" / "inference-phi-3.yaml").read_text()
+    placeholder = phi.replace("name: phi-3-mini\n", "name: phi-3-any\n", 1).replace(
+        "Standard_NC24ads_A100_v4", "<your-vm-sku>"
+    )
+    remote.write({"workspaces/phi.yaml": phi, "workspaces/any.yaml": placeholder})
+    kube.put_object(gpu_node("mine-1", {"apps": "phi-3-mini"}))  # the user's node: no kaito.sh labels
+    d = make(kube, remote, tmp_path, render=RenderSettings(byo_nodes=True))
+    d.run_pass()
+    by_name = {r.key[1]: r for r in d.reports()}
+    assert by_name["phi-3-mini"].status.condition("ResourceReady").status == "True"
+    assert not by_name["phi-3-any"].errors, "a placeholder size is a warning with your own nodes"
+    assert by_name["phi-3-any"].status.condition("ResourceReady").reason == "NodeGPULabelsMissing"
+    sts = kube.get_object("apps/v1", "StatefulSet", "llm", "phi-3-mini")
+    terms = sts["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert [e["key"] for e in terms[0]["matchExpressions"]] == ["apps"]
+    assert "phi-3-any" not in names(kube, "StatefulSet"), "unsized until the nodes say what GPUs they have"

@@ -269,6 +269,33 @@ def test_byo_plan_says_where_gpus_come_from():
     assert {"name": "config", "configMap": {"name": "cluster-only-config"}} in vols
 
 
+def test_with_your_own_nodes_an_instance_type_only_sizes():
+    """Provisioner none (Kaito's disableNodeAutoProvisioning): no pool, and pods must not wait
+    for the kaito.sh/workspace labels that only our pools carry."""
+    from dataclasses import replace
+
+    from reconciler.planning import plan_revision
+    from reconciler.source.tree import disk_files
+    from reconciler.validation import validate_sources
+
+    files = list(disk_files([str(ROOT / "example-repo" / "workspaces")], 1 << 20, relative_to=str(ROOT)))
+    ours = plan_revision(validate_sources(files), SETTINGS).plans
+    theirs = plan_revision(validate_sources(files, byo_nodes=True), replace(SETTINGS, byo_nodes=True)).plans
+    key = next(k for k, p in ours.items() if p.kind == "inference")
+    mine, byo = ours[key], theirs[key]
+    assert mine.node_pool is not None and byo.node_pool is None
+    assert byo.sku == mine.sku and byo.command == mine.command  # the named size still sizes SGLang
+
+    def affinity_keys(plan):
+        spec = plan.objects[-1]["spec"]["template"]["spec"]
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        return {e["key"] for t in terms["nodeSelectorTerms"] for e in t["matchExpressions"]}
+
+    assert "kaito.sh/workspace" in affinity_keys(mine)
+    assert "kaito.sh/workspace" not in affinity_keys(byo)
+    assert affinity_keys(byo) == set(mine.workspace.resource.match_labels)
+
+
 def test_sku_of_the_plan_has_a_price(tmp_path):
     p = plan_of("deepseek-r1")
     assert p.price_per_hour == pytest.approx(5 * 13.96) and p.gpus == 10

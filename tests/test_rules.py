@@ -547,6 +547,16 @@ def test_hostpath_is_fine_for_the_local_target_and_an_error_for_kubernetes(valid
     assert f.is_error
 
 
+def test_an_unknown_instance_type_is_only_a_hint_with_your_own_nodes(validate):
+    """Kaito's examples for bring-your-own nodes write `instanceType: <your-vm-sku>`."""
+    text = INFER.replace("Standard_NC24ads_A100_v4", "<your-vm-sku>")
+    [f] = [f for f in validate(text).findings if f.rule.startswith("instance-type")]
+    assert f.rule == "instance-type-unknown" and f.is_error and f.line == 6
+    [f] = [f for f in validate(text, byo_nodes=True).findings if f.rule.startswith("instance-type")]
+    assert f.rule == "instance-type-ignored" and not f.is_error and f.line == 6
+    assert "sized from the GPU labels" in f.message
+
+
 def test_other_documents_are_ignored_with_a_warning(validate):
     secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {HF_TOKEN: x}\n---\n"
     rev = validate(secret + INFER)

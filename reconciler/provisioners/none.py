@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..catalog import BYO_PREFIX
 from ..planning import WorkspacePlan
 from ..status import NodeState, ResourceStatus
 
@@ -48,7 +49,7 @@ class NoneProvisioner:
                 "NodeNotFound",
                 f"no node has the labels {labels}; label your GPU nodes or set an instanceType",
             )
-        if not plan.workspace.resource.instance_type:
+        if plan.sku is None or plan.sku.name.startswith(BYO_PREFIX):  # sized by labels, not a known SKU
             problem = byo_label_problem(nodes)
             if problem:
                 return ResourceStatus(

@@ -29,6 +29,10 @@ class RenderSettings:
     tuning_image: str = "ghcr.io/kaito-gitops/tuning:0.1.0"
     image_pull_secrets: tuple[str, ...] = ()
     revision: str = ""  # git revision the workspace was read at
+    # The cluster's GPU nodes are the user's (provisioner "none"), as with Kaito's
+    # disableNodeAutoProvisioning: no node pools, pods select nodes by labelSelector only, and
+    # instanceType is a sizing hint until the nodes' GPU labels are read.
+    byo_nodes: bool = False
 
 
 def ownership_labels(ws: Workspace) -> dict[str, str]:

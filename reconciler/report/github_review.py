@@ -194,6 +194,7 @@ class GitHubReviewer:
             namespace=self.namespace,
             target="kubernetes",
             max_file_bytes=self.max_file_bytes,
+            byo_nodes=self.render.byo_nodes,
         )
         head_rev = validate_sources(
             self.source.files(head, self.paths, self.max_file_bytes),
@@ -201,6 +202,7 @@ class GitHubReviewer:
             target="kubernetes",
             base=base_rev,
             max_file_bytes=self.max_file_bytes,
+            byo_nodes=self.render.byo_nodes,
         )
         settings = RenderSettings(**{**self.render.__dict__, "revision": head[:12]})
         diff = diff_states(plan_revision(base_rev, settings), plan_revision(head_rev, settings))

@@ -90,6 +90,7 @@ def validate_sources(
     base: Revision | None = None,
     max_file_bytes: int | None = None,
     cache: dict | None = None,
+    byo_nodes: bool = False,
 ) -> Revision:
     """Load and validate files given as (display path, bytes).
 
@@ -139,7 +140,7 @@ def validate_sources(
                     rev.configmaps[cm.key] = cm
             else:
                 rev.file_findings.append(_other_document(doc))
-    ctx = Context(catalog=catalog, configmaps=rev.configmaps, target=target)
+    ctx = Context(catalog=catalog, configmaps=rev.configmaps, target=target, byo_nodes=byo_nodes)
     first: dict[WorkspaceKey, Workspace] = {}
     for ws in ws_docs:
         rev.workspaces.append(ws)

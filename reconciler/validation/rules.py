@@ -39,6 +39,7 @@ class Context:
     catalog: Catalog
     configmaps: dict[tuple[str, str], ConfigMap] = field(default_factory=dict)
     target: str | None = None  # kubernetes | local | render; None: unknown (plain `validate`)
+    byo_nodes: bool = False  # nodes are the user's: instanceType only hints at sizing
 
 
 def _f(ws: Workspace, path: Path, rule: str, msg: str, sev: Severity = E, at_key: bool = False) -> Finding:
@@ -180,6 +181,16 @@ def check_instance_type(ws: Workspace, ctx: Context) -> Iterator[Finding]:
     if not r.instance_type:
         return  # bring your own nodes: checked against the cluster when it is reachable
     sku = ctx.catalog.sku(r.instance_type)
+    if sku is None and ctx.byo_nodes:
+        yield _f(
+            ws,
+            at,
+            "instance-type-ignored",
+            f"{r.instance_type} is not a GPU VM size kaito-gitops knows; with bring-your-own nodes it is not "
+            "used: the workspace is sized from the GPU labels of the nodes matching labelSelector",
+            W,
+        )
+        return
     if sku is None:
         near = ctx.catalog.suggest_sku(r.instance_type)
         hint = f"; did you mean {' or '.join(near)}?" if near else ""
