@@ -6,7 +6,9 @@
   `chat.completion.chunk` / `text_completion` objects ending with `data: [DONE]`), with
   `max_tokens` (or `max_completion_tokens`), `temperature` (0 = greedy), `top_p`, `stop`, `seed`,
   `stream_options.include_usage`, and SGLang's extensions `top_k`, `min_tokens`, `ignore_eos`,
-  `repetition_penalty`; `usage` counts the tokens really read and generated;
+  `repetition_penalty`; `usage` counts the tokens really read and generated. Sampling fields a
+  request leaves out come from the model's `generation_config.json`, as SGLang's default
+  `--sampling-defaults model` does (else temperature 1, top_p 1, no top_k);
 - `GET /v1/models` (the base model and one entry per LoRA adapter), `GET /v1/models/{id}`;
 - `POST /chat`, Kaito's endpoint (see runtime.chat);
 - `GET /health`: 200 `{"status": "ok"}` once the model is loaded, 503 before (and after a
@@ -118,9 +120,9 @@ def _get_float(body: dict, key: str, lo: float, hi: float) -> float | None:
 class Sampling:
     max_tokens: int | None = None
     min_tokens: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    temperature: float | None = None  # None: the model's default (generation_config), else 1.0
+    top_p: float | None = None
+    top_k: int | None = None
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -164,9 +166,9 @@ def parse_sampling(body: dict) -> Sampling:
     return Sampling(
         max_tokens=max_tokens,
         min_tokens=min_tokens,
-        temperature=1.0 if temperature is None else temperature,
-        top_p=1.0 if top_p is None else top_p,
-        top_k=0 if top_k in (None, -1) else top_k,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0 if top_k == -1 else top_k,
         repetition_penalty=1.0 if penalty is None else penalty,
         stop=stops,
         seed=seed,
@@ -319,6 +321,25 @@ class _Detokenizer:
         return best
 
 
+def sampling_defaults(generation_config: Any) -> dict[str, float]:
+    """temperature / top_p / top_k that the model's generation_config.json sets explicitly.
+
+    Only keys the file sets count (`to_diff_dict`), not transformers' built-in defaults such as
+    top_k 50, which SGLang does not apply either.
+    """
+    if generation_config is None:
+        return {}
+    try:
+        explicit = generation_config.to_diff_dict()
+    except Exception:  # an odd config object: fall back to OpenAI's defaults
+        return {}
+    return {
+        k: float(explicit[k])
+        for k in ("temperature", "top_p", "top_k")
+        if isinstance(explicit.get(k), int | float) and not isinstance(explicit.get(k), bool)
+    }
+
+
 class Engine:
     """The model, its tokenizer and adapters; `generate` is serialised by a lock."""
 
@@ -357,6 +378,7 @@ class Engine:
         self.tokenizer: Any = None
         self.max_context = 0
         self.eos_ids: set[int] = set()
+        self.sampling_defaults: dict[str, float] = {}
         self.created = int(time.time())
         self.load_seconds: float | None = None
 
@@ -408,6 +430,7 @@ class Engine:
             or getattr(cfg, "max_position_embeddings", None)
             or min(getattr(tokenizer, "model_max_length", 4096), 1 << 20)
         )
+        self.sampling_defaults = sampling_defaults(getattr(model, "generation_config", None))
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos: set[int] = set()
         for value in (gen_eos, getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id):
@@ -550,9 +573,16 @@ class Engine:
         min_new = max_new if sampling.ignore_eos else min(sampling.min_tokens, max_new)
         if min_new:
             kwargs["min_new_tokens"] = min_new
-        if sampling.temperature > 0:
+        defaults = self.sampling_defaults
+        temperature = (
+            defaults.get("temperature", 1.0) if sampling.temperature is None else sampling.temperature
+        )
+        if temperature > 0:
             kwargs.update(
-                do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k
+                do_sample=True,
+                temperature=temperature,
+                top_p=defaults.get("top_p", 1.0) if sampling.top_p is None else sampling.top_p,
+                top_k=int(defaults.get("top_k", 0)) if sampling.top_k is None else sampling.top_k,
             )
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

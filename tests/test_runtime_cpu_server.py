@@ -435,6 +435,20 @@ def test_openai_client_against_uvicorn(tmp_path, tiny, adapters_dir):
     assert API_KEY not in log.read_text()
 
 
+def test_sampling_defaults_are_what_generation_config_sets():
+    from transformers import GenerationConfig
+
+    from runtime.cpu_server import sampling_defaults
+
+    assert sampling_defaults(GenerationConfig()) == {}  # not transformers' implicit top_k 50
+    assert sampling_defaults(GenerationConfig(do_sample=True, temperature=0.6, top_p=0.95, top_k=20)) == {
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 20.0,
+    }
+    assert sampling_defaults(None) == {}
+
+
 # ---------------------------------------------------------------- a real model: SmolLM2-135M-Instruct
 
 
@@ -472,5 +486,15 @@ def test_smollm2_answers_paris(smollm_cache):
             "/chat", json={"messages": question, "generate_kwargs": {"max_length": 20, "do_sample": False}}
         )
         assert set(r.json()) == {"Result"} and "Paris" in r.json()["Result"]
+        # a request that sets no sampling uses the model's defaults (the model card's 0.2 / 0.9),
+        # as SGLang does, rather than OpenAI's temperature 1 that makes a 135M model ramble
+        saved = json.loads((converted / "generation_config.json").read_text())
+        assert saved["temperature"] == 0.2 and saved["top_p"] == 0.9
+        for seed in range(5):
+            r = c.post(
+                "/v1/chat/completions",
+                json={"model": "smollm2-135m-instruct", "messages": question, "seed": seed, "max_tokens": 20},
+            )
+            assert "Paris" in r.json()["choices"][0]["message"]["content"], (seed, r.json())
     # converted once: later resolutions read the folder
     assert weights.resolve_model("smollm2-135m-instruct", cache_dir=smollm_cache) == converted
