@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 
 import structlog
 
-from .catalog import load_catalog, sku_from_gpu_labels
+from .catalog import Sku, load_catalog, sku_from_gpu_labels
 from .findings import Finding
 from .metrics import Metrics
-from .planning import WorkspacePlan, plan_revision, plan_workspace
+from .planning import WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
 from .provisioners.base import Provisioner
 from .provisioners.none import byo_label_problem
 from .render.common import RenderSettings
@@ -132,6 +132,7 @@ class Daemon:
         self._leaving: dict[WorkspaceKey, WorkspacePlan] = {}  # removed from git, teardown not finished
         self._validation_cache: dict = {}  # parse + schema results by (path, content)
         self._plan_cache: dict = {}  # plans by everything they depend on but the revision
+        self._byo_skus: dict[WorkspaceKey, Sku] = {}  # bring-your-own GPUs, as their node labels say
 
     # -- triggers ---------------------------------------------------------------------------
     def poke(self) -> None:
@@ -163,7 +164,7 @@ class Daemon:
         for k in [k for k in cache if k not in current]:  # forget files that are gone or changed
             del cache[k]
         settings = RenderSettings(**{**self.render.__dict__, "revision": rev[:12]})
-        state = plan_revision(validated, settings, cache=self._plan_cache)
+        state = plan_revision(validated, settings, byo=self._byo_skus, cache=self._plan_cache)
         present = {ws.key for ws in validated.workspaces if ws.name}
         desired = dict(state.plans)
         findings: dict[WorkspaceKey, list[Finding]] = {}
@@ -319,13 +320,17 @@ class Daemon:
             sku = sku_from_gpu_labels(dict(nodes[0].gpu_labels))
             if sku is None or plan.sku == sku:
                 continue
+            configmaps = self.validated.configmaps
             new = plan_workspace(
-                plan.workspace,
-                catalog=load_catalog(),
-                configmaps=self.validated.configmaps,
-                settings=settings,
-                byo_sku=sku,
+                plan.workspace, catalog=load_catalog(), configmaps=configmaps, settings=settings, byo_sku=sku
             )
+            # later revisions plan this workspace for these GPUs straight away (and reuse this plan);
+            # the plan for the old GPUs is dropped now rather than at the next revision (memory)
+            self._plan_cache.pop(
+                plan_cache_key(plan.workspace, configmaps, settings, self._byo_skus.get(key)), None
+            )
+            self._byo_skus[key] = sku
+            self._plan_cache[plan_cache_key(plan.workspace, configmaps, settings, sku)] = new
             self.desired[key] = new
             if self.last_good.get(key) is plan:
                 self.last_good[key] = new
@@ -336,6 +341,9 @@ class Daemon:
                 gpus_per_node=sku.gpu_count,
                 gpu_memory_gib=sku.gpu_memory_gib,
             )
+
+        for gone in set(self._byo_skus) - set(self.desired):
+            del self._byo_skus[gone]
 
     def _only_ours(self, old: str, new: str) -> bool:
         try:

@@ -188,7 +188,7 @@ def plain_copy(value):
     return value
 
 
-def _plan_key(
+def plan_cache_key(
     ws: Workspace, configmaps: dict[WorkspaceKey, ConfigMap], settings: RenderSettings, byo_sku: Sku | None
 ) -> str:
     """Everything a plan depends on but the revision: equal keys give equal plans."""
@@ -200,7 +200,12 @@ def _plan_key(
     cms = {
         n: (configmaps[(ws.namespace, n)].data if (ws.namespace, n) in configmaps else None) for n in names
     }
-    images = (settings.inference_image, settings.tuning_image, settings.image_pull_secrets)
+    images = (
+        settings.inference_image,
+        settings.tuning_image,
+        settings.image_pull_secrets,
+        settings.byo_nodes,
+    )
     return json.dumps(
         [ws.path, ws.namespace, ws.document.data, cms, images, repr(byo_sku)], sort_keys=True, default=str
     )
@@ -234,7 +239,7 @@ def plan_revision(
     used: dict[str, WorkspacePlan] = {}
     for key, ws in sorted(rev.valid_workspaces().items()):
         byo_sku = (byo or {}).get(key)
-        ckey = _plan_key(ws, rev.configmaps, settings, byo_sku) if cache is not None else ""
+        ckey = plan_cache_key(ws, rev.configmaps, settings, byo_sku) if cache is not None else ""
         plan = cache.get(ckey) if cache is not None else None
         if plan is None:
             plan = plan_workspace(

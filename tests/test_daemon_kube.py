@@ -608,3 +608,43 @@ def test_your_own_nodes_need_only_the_label_selector_and_instance_type_is_a_hint
     ]["nodeSelectorTerms"]
     assert [e["key"] for e in terms[0]["matchExpressions"]] == ["apps"]
     assert "phi-3-any" not in names(kube, "StatefulSet"), "unsized until the nodes say what GPUs they have"
+
+
+def test_a_push_rewrites_only_the_changed_byo_workspace(kube, remote, tmp_path):
+    """Sizing from node labels must not stamp every workspace with the new revision on each push."""
+    byo = (ROOT / "tests" / "fixtures" / "workspaces" / "byo-nodes.yaml").read_text()
+    byo = byo.replace("  config: cluster-only-config\n", "")
+    files = {f"workspaces/w{i}.yaml": byo.replace("name: phi-4-byo", f"name: w{i}") for i in range(3)}
+    remote.write(files)
+    gfd = {
+        "pool": "gpu-a100",
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+        "nvidia.com/gpu.count": "4",
+        "nvidia.com/gpu.memory": "81920",
+    }
+    kube.put_object(gpu_node("gpu-a", gfd, gpus=4))
+    d = make(kube, remote, tmp_path)
+    d.run_pass()
+    assert names(kube, "StatefulSet") == ["w0", "w1", "w2"]
+    first = {
+        o["metadata"]["name"]: o["metadata"]["annotations"]["kaito-gitops.io/revision"]
+        for o in kube.objects("StatefulSet")
+    }
+    remote.write(
+        {"workspaces/w1.yaml": files["workspaces/w1.yaml"] + "# a comment: new revision, same workspace\n"}
+    )
+    remote.write(
+        {
+            "workspaces/w2.yaml": files["workspaces/w2.yaml"].replace(
+                "name: phi-4\n", "name: phi-4-mini-instruct\n"
+            )
+        }
+    )
+    r = d.run_pass()
+    now = {
+        o["metadata"]["name"]: o["metadata"]["annotations"]["kaito-gitops.io/revision"]
+        for o in kube.objects("StatefulSet")
+    }
+    changed = sorted(k for k in now if now[k] != first[k])
+    assert changed == ["w2"], f"only the changed workspace is rewritten, not {changed}"
+    assert now["w2"] == r.revision[:12]

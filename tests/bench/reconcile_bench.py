@@ -97,7 +97,15 @@ def main() -> None:
                 {
                     "apiVersion": "v1",
                     "kind": "Node",
-                    "metadata": {"name": f"gpu-{j}", "labels": {"pool": "gpu"}},
+                    "metadata": {
+                        "name": f"gpu-{j}",
+                        "labels": {  # GPU feature discovery's labels size bring-your-own nodes
+                            "pool": "gpu",
+                            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                            "nvidia.com/gpu.count": "8",
+                            "nvidia.com/gpu.memory": "81920",
+                        },
+                    },
                     "status": {
                         "conditions": [{"type": "Ready", "status": "True"}],
                         "allocatable": {"nvidia.com/gpu": "8"},
