@@ -123,7 +123,7 @@ def cmd_status(args) -> int:
     from ruamel.yaml import YAML
 
     from .cli import EXIT_OK, UsageError
-    from .report.statusview import CONDITION_COLUMNS, text_table
+    from .report.statusview import TABLE_HEADER, status_row, text_table
     from .source.git import GitAuth, GitSource, SourceError
 
     branch = args.branch or ("main" if args.status == "tree" else "kaito-status")
@@ -142,32 +142,7 @@ def cmd_status(args) -> int:
     if args.format == "json":
         print(json.dumps(docs, indent=2, default=str))
         return EXIT_OK
-    rows = [
-        [
-            "NAME",
-            "INSTANCE",
-            "RESOURCEREADY",
-            "INFERENCEREADY",
-            "JOBSTARTED",
-            "WORKSPACESUCCEEDED",
-            "STATE",
-            "ENDPOINT",
-            "SINCE",
-        ]
-    ]
-    for d in docs:
-        conds = {c["type"]: c for c in d.get("conditions") or []}
-        times = [c.get("lastTransitionTime") or "" for c in conds.values() if c.get("lastTransitionTime")]
-        rows.append(
-            [
-                f"{d['metadata']['namespace']}/{d['metadata']['name']}",
-                d.get("instanceType") or "(own nodes)",
-                *[conds.get(c, {}).get("status", "") for c in CONDITION_COLUMNS],
-                d.get("state") or "",
-                d.get("endpoint") or "",
-                min(times) if times else "",
-            ]
-        )
+    rows = [TABLE_HEADER, *(status_row(d) for d in docs)]
     print(text_table(rows), end="")
     if len(rows) == 1:
         print(f"(no workspace status on {branch} at {rev[:12]})")

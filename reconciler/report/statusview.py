@@ -11,6 +11,7 @@ from ..manifests import dump
 from ..status import WorkspaceStatus
 
 CONDITION_COLUMNS = ("ResourceReady", "InferenceReady", "JobStarted", "WorkspaceSucceeded")
+TABLE_HEADER = ["NAME", "INSTANCE", *(c.upper() for c in CONDITION_COLUMNS), "STATE", "ENDPOINT", "SINCE"]
 
 
 def status_path(key: tuple[str, str]) -> str:
@@ -56,52 +57,30 @@ def status_yaml(r: WorkspaceReport) -> str:
     return dump(status_document(r))
 
 
-def _since(s: WorkspaceStatus) -> str:
-    times = [c.last_transition_time for c in s.conditions if c.last_transition_time]
-    return min(times) if times else ""
-
-
-def status_table(reports: list[WorkspaceReport], header: bool = True) -> list[list[str]]:
-    rows = []
-    for r in sorted(reports, key=lambda r: r.key):
-        conds = {c.type: c.status for c in r.status.conditions}
-        rows.append(
-            [
-                f"{r.key[0]}/{r.key[1]}",
-                r.instance_type or "(own nodes)",
-                *[conds.get(c, "") for c in CONDITION_COLUMNS],
-                r.status.state,
-                r.status.endpoint or "",
-                _since(r.status),
-            ]
-        )
-    if header:
-        rows.insert(
-            0,
-            [
-                "NAME",
-                "INSTANCE",
-                "RESOURCEREADY",
-                "INFERENCEREADY",
-                "JOBSTARTED",
-                "WORKSPACESUCCEEDED",
-                "STATE",
-                "ENDPOINT",
-                "SINCE",
-            ],
-        )
-    return rows
+def status_row(doc: dict) -> list[str]:
+    """One table row from a status document (as written to git, or as read back by `status`)."""
+    conds = {c["type"]: c for c in doc.get("conditions") or []}
+    times = [c["lastTransitionTime"] for c in conds.values() if c.get("lastTransitionTime")]
+    meta = doc["metadata"]
+    return [
+        f"{meta['namespace']}/{meta['name']}",
+        doc.get("instanceType") or "(own nodes)",
+        *[conds.get(c, {}).get("status", "") for c in CONDITION_COLUMNS],
+        doc.get("state") or "",
+        doc.get("endpoint") or "",
+        min(times) if times else "",
+    ]
 
 
 def status_markdown(reports: list[WorkspaceReport], revision: str) -> str:
-    rows = status_table(reports, header=False)
+    rows = [status_row(status_document(r)) for r in sorted(reports, key=lambda r: r.key)]
     out = [
         "# Workspace status",
         "",
         f"Written by kaito-gitops for revision `{revision[:12]}`. One file per workspace under `status/`.",
         "",
-        "| NAME | INSTANCE | RESOURCEREADY | INFERENCEREADY | JOBSTARTED | WORKSPACESUCCEEDED | STATE | ENDPOINT | SINCE |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| " + " | ".join(TABLE_HEADER) + " |",
+        "|" + " --- |" * len(TABLE_HEADER),
     ]
     for row in rows:
         out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
