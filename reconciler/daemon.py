@@ -106,7 +106,8 @@ class Daemon:
         self.settings = settings
         self.render = render or RenderSettings()
         self.metrics = metrics or Metrics()
-        self.revision = ""
+        self.revision = ""  # the revision loaded: what workspaces, plans and status are about
+        self.head = ""  # the branch head last seen; ahead of `revision` by our own status commits
         self.validated: Revision | None = None
         self.desired: dict[WorkspaceKey, WorkspacePlan] = {}
         self.last_good: dict[WorkspaceKey, WorkspacePlan] = {}
@@ -187,6 +188,7 @@ class Daemon:
             if key in desired and desired[key] is not old:
                 self._backoff.pop(key, None)
             elif key not in desired:
+                self._backoff.pop(key, None)  # its removal starts afresh
                 self._leaving[key] = old  # shown as Deleting until its nodes are released too
         self.validated, self.desired, self.present, self.findings, self.last_good = (
             validated,
@@ -218,10 +220,10 @@ class Daemon:
         except SourceError:
             self.metrics.fetch_failures.inc()
             raise
-        changed = rev != self.revision
-        if changed and self.revision and self.ignore_prefixes and self._only_ours(self.revision, rev):
-            self.revision = rev  # our own status commit: nothing to reconcile
-            changed = False
+        changed = rev != self.head
+        if changed and self.head and self.ignore_prefixes and self._only_ours(self.head, rev):
+            changed = False  # our own status commit: nothing to reconcile, and nothing new to report
+        self.head = rev
         if changed:
             self._load(rev)
         self.target.refresh()
@@ -230,7 +232,7 @@ class Daemon:
         live = self.target.live_workspaces()
         owned = self.provisioner.owned()
         result = PassResult(rev, changed)
-        keys = set(self.desired) | set(live) | owned | self._removing
+        keys = set(self.desired) | set(live) | owned | self._removing | set(self._leaving)
         unreadable = self.validated.unreadable_files if self.validated else set()
         removable = {k for k in keys - set(self.desired) - self.present if live.get(k, "") not in unreadable}
         result.held = sorted(k for k in keys - set(self.desired) - removable)
@@ -259,10 +261,12 @@ class Daemon:
             try:
                 writes, removed = fut.result()
                 result.writes += writes
+                self._backoff.pop(key, None)
                 if removed:
                     result.removed.append(key)
-                self._backoff.pop(key, None)
-                self.metrics.last_sync.labels(namespace=key[0], workspace=key[1]).set(time.time())
+                    self.metrics.forget_workspace(key)
+                else:
+                    self.metrics.last_sync.labels(namespace=key[0], workspace=key[1]).set(time.time())
             except Exception as e:  # one workspace's failure is its own; back it off
                 attempts = self._backoff.get(key, (0, 0.0))[0] + 1
                 delay = min(self.settings.backoff_max, self.settings.backoff_min * 2 ** (attempts - 1))

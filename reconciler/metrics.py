@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
@@ -50,6 +52,11 @@ class Metrics:
         self.revision_info = Gauge(
             "kaito_gitops_revision_info", "The revision being reconciled", ["revision"], registry=r
         )
+
+    def forget_workspace(self, key: tuple[str, str]) -> None:
+        """A removed workspace's series go too, so they do not pile up over the daemon's life."""
+        with contextlib.suppress(KeyError):
+            self.last_sync.remove(*key)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

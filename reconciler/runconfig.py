@@ -171,6 +171,8 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         raise ValueError(f"--status must be branch, tree or off, not {cfg.status!r}")
     if not cfg.provisioner:
         cfg.provisioner = "aks" if (cfg.aks_cluster and cfg.target == "kubernetes") else "none"
+    if cfg.provisioner not in ("aks", "none"):
+        raise ValueError(f"--provisioner must be aks or none, not {cfg.provisioner!r}")
     return cfg
 
 

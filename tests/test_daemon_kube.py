@@ -153,6 +153,8 @@ def test_drift_is_restored_and_removed_files_are_pruned(kube, remote, tmp_path):
     r = d.run_pass()
     assert r.removed == [("default", "b")]
     assert names(kube, "StatefulSet") == ["a"] and "b" not in names(kube, "Service")
+    metrics = d.metrics.text().decode()
+    assert 'workspace="a"' in metrics and 'workspace="b"' not in metrics, "a removed workspace's series go"
 
 
 def test_zero_workspaces_never_prunes_everything_without_the_flag(kube, remote, tmp_path):
@@ -648,3 +650,19 @@ def test_a_push_rewrites_only_the_changed_byo_workspace(kube, remote, tmp_path):
     changed = sorted(k for k in now if now[k] != first[k])
     assert changed == ["w2"], f"only the changed workspace is rewritten, not {changed}"
     assert now["w2"] == r.revision[:12]
+
+
+def test_a_workspace_that_failed_then_left_git_is_forgotten(kube, remote, tmp_path):
+    """Its backoff must not keep the loop spinning, and it must not show as Deleting forever."""
+    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
+    kube.put_object(node_for("a"))
+    kube.put_object(node_for("b"))
+    kube.fail_next(50, status=403, methods=["PATCH"], path_contains="/services/b")
+    d = make(kube, remote, tmp_path, interval=60)
+    d.run_pass()
+    assert ("default", "b") in d._backoff and "b" not in names(kube, "StatefulSet")
+    remote.write({"workspaces/b.yaml": None})
+    for _ in range(3):
+        d.run_pass()
+    assert [r.key for r in d.reports()] == [("default", "a")]
+    assert not d._backoff and d._next_wait() > 30, "nothing is due: wait the interval"

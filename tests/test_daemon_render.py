@@ -248,3 +248,19 @@ def test_a_commit_in_a_local_repository_is_picked_up_without_waiting_for_the_pol
         loop.join(10)
         watcher.stop()
         d.close()
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--provisioner", "AKS"], "--provisioner must be aks or none, not 'AKS'"),
+        (["--target", "k8s"], "--target must be kubernetes, local or render"),
+        (["--status", "yes"], "--status must be branch, tree or off"),
+        (["--target", "render"], "--target render needs --out DIR"),
+    ],
+)
+def test_run_refuses_bad_settings_before_doing_anything(tmp_path, capsys, flags, words):
+    from reconciler.cli import main
+
+    assert main(["run", "--repo", str(tmp_path), *flags]) == 2
+    assert words in capsys.readouterr().err

@@ -184,14 +184,20 @@ def test_100_user_pushes_racing_status_commits_lose_nothing(remote, tmp_path):
 
 
 def test_in_tree_status_commits_are_not_reconciled(remote, tmp_path):
-    remote.write({"workspaces/a.yaml": ws("a")})
+    user_commit = remote.write({"workspaces/a.yaml": ws("a")})
     d, reporter = daemon_with_status(remote, tmp_path, mode="tree")
     first = d.run_pass()
     reporter.flush()
     status_commit = remote.head()
+    assert status_commit != user_commit
     assert file_at(remote, "main", ".kaito/status/status/default/a.yaml")
     second = d.run_pass()
-    assert d.revision == status_commit and not second.changed and second.writes == 0
+    assert d.head == status_commit and not second.changed and second.writes == 0
+    assert d.revision == user_commit, "status describes the user's revision, not our own commit"
+    for _ in range(3):  # a status commit must not beget another one: nothing it reports changed
+        d.run_pass()
+        reporter.flush()
+    assert remote.head() == status_commit
     reporter.close()
     d.close()
     assert first.changed
