@@ -256,6 +256,39 @@ def test_after_merge_the_comment_follows_the_rollout(world):
         d.close()
 
 
+def test_a_merge_the_daemon_only_sees_under_a_later_commit_still_deploys(world):
+    """Two pushes between passes: the daemon loads the commit after the merge, never the merge."""
+    remote, gh_double, tmp = world
+    remote.write({"workspaces/a.yaml": ws("a")}, "base")
+    head = open_pr(remote, gh_double, 5, {"workspaces/b.yaml": ws("b")})
+    d = Daemon(
+        GitSource(remote.url, "main", tmp / "daemon-cache"),
+        RenderTarget(tmp / "out"),
+        NoneProvisioner(),
+        DaemonSettings(paths=["workspaces"], target_name="render"),
+    )
+    r = reviewer(remote, gh_double, tmp)
+    r.source = d.source  # as `kaito-gitops run` wires it: one repository for both
+    d.on_pass.append(r.on_pass)
+    try:
+        d.run_pass()
+        r.review_now(5)
+        remote.repo.git.merge("--ff-only", head)
+        remote.push()
+        gh_double.close_pull(OWNER, REPO, 5, merged=True, merge_commit_sha=head)
+        r.review_now(5)
+        later = remote.write(
+            {"workspaces/c.yaml": ws("c")}, "another change, pushed before the daemon's pass"
+        )
+        d.run_pass()
+        assert d.revision == later != head
+        states = [s["state"] for s in gh_double.statuses(OWNER, REPO, head) if s["context"] == DEPLOY_CONTEXT]
+        assert states[-1] == "success", states
+    finally:
+        r.close()
+        d.close()
+
+
 def test_threads_are_not_left_behind(world):
     remote, gh_double, tmp = world
     before = threading.active_count()

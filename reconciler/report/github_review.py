@@ -44,6 +44,7 @@ class _Merged:
     merge_sha: str
     workspaces: list[tuple[str, str]]
     diff_body_args: dict = field(default_factory=dict)
+    reached: bool = False  # the daemon loaded a revision containing the merge (it stays reached)
     done: bool = False
 
 
@@ -190,14 +191,14 @@ class GitHubReviewer:
             log.info("pull request head moved while fetching; reviewing what git has", pr=number)
         base = self.source.fetch_commit(f"refs/heads/{base_ref}")
         base_rev = validate_sources(
-            self.source.files(base, self.paths, self.max_file_bytes),
+            self.source.files(base, self.paths, self.max_file_bytes, remember=False),
             namespace=self.namespace,
             target="kubernetes",
             max_file_bytes=self.max_file_bytes,
             byo_nodes=self.render.byo_nodes,
         )
         head_rev = validate_sources(
-            self.source.files(head, self.paths, self.max_file_bytes),
+            self.source.files(head, self.paths, self.max_file_bytes, remember=False),
             namespace=self.namespace,
             target="kubernetes",
             base=base_rev,
@@ -276,10 +277,12 @@ class GitHubReviewer:
         self._status(merge_sha, DEPLOY_CONTEXT, "pending", "merged; waiting for kaito-gitops to apply it")
 
     def _deployment(self, daemon, merged: _Merged) -> None:
-        if not self.source.has_commit(merged.merge_sha) or not self._contains(
-            daemon.revision, merged.merge_sha
-        ):
-            return
+        if not merged.reached:
+            merged.reached = self.source.has_commit(merged.merge_sha) and self._contains(
+                daemon.revision, merged.merge_sha
+            )
+            if not merged.reached:
+                return
         reports = {r.key: r for r in daemon.reports()}
         lines, states = [], []
         for key in merged.workspaces:

@@ -117,7 +117,7 @@ class GitSource:
         self.branch = branch
         self.auth = auth or GitAuth()
         self.depth = depth
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the daemon, the reviewer and the status writer share the repo
         local = Path(repo).expanduser()
         self.local = local.exists() and not re.match(r"^\w+://", repo)
         if self.local:
@@ -175,15 +175,18 @@ class GitSource:
                 except (git.BadName, ValueError):
                     have = ""
                 if have != head:
-                    self.fetch(f"+refs/heads/{self.branch}:{self._tracking_ref}")
+                    # shallow only the first time: later fetches bring every new commit, so that
+                    # "does the loaded revision contain this merge?" has the history to answer
+                    self.fetch(f"+refs/heads/{self.branch}:{self._tracking_ref}", shallow=not have)
             self.last_fetch_seconds = time.perf_counter() - start
             return head
 
-    def fetch(self, refspec: str) -> None:
+    def fetch(self, refspec: str, shallow: bool = True) -> None:
         args = ["fetch", "--no-tags", "--prune"]
-        if self.depth:
+        if self.depth and shallow:
             args += [f"--depth={self.depth}"]
-        self._git(*args, "--", self.url, refspec)
+        with self._lock:  # two fetches at once fight over shallow.lock, and one fails
+            self._git(*args, "--", self.url, refspec)
 
     def fetch_commit(self, ref: str) -> str:
         """Fetch another ref (a pull request head, a base branch) and return its sha."""
@@ -207,10 +210,15 @@ class GitSource:
             raise SourceError("cannot compare revisions that are not both fetched")
         return [p for p in self._git("diff", "--name-only", old, new).splitlines() if p]
 
-    def files(self, rev: str, prefixes: list[str], max_bytes: int) -> list[tuple[str, bytes]]:
+    def files(
+        self, rev: str, prefixes: list[str], max_bytes: int, remember: bool = True
+    ) -> list[tuple[str, bytes]]:
+        """The files under `prefixes` at `rev`. With `remember`, its blobs become the cache for the
+        next call (the daemon's revisions); other readers (pull requests) use it without replacing it."""
         blobs: dict[str, bytes] = {}
         out = list(revision_files(self.repo, rev, prefixes, max_bytes, blobs=_Carry(self._blobs, blobs)))
-        self._blobs = blobs  # keep only what this revision has
+        if remember:
+            self._blobs = blobs  # keep only what this revision has
         return out
 
     def watch_paths(self) -> list[str]:
