@@ -47,11 +47,14 @@ class LeaseElector:
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_seconds, self.renew_every = lease_seconds, renew_every
         self._leader = False
+        self._renewed_at = 0.0  # monotonic time at the start of the last successful renewal
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
 
     def is_leader(self) -> bool:
-        return self._leader
+        # a renewal can hang on a slow API server for longer than the lease: once the lease we
+        # last wrote has run out, another replica may hold it, so we no longer act
+        return self._leader and time.monotonic() - self._renewed_at < self.lease_seconds
 
     def start(self) -> LeaseElector:
         self._thread.start()
@@ -133,8 +136,11 @@ class LeaseElector:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 held = self.try_acquire()
+                if held:
+                    self._renewed_at = started
             except Exception as e:  # API down: we cannot prove we lead, so we do not
                 log.warning("lease check failed", error=f"{type(e).__name__}: {e}"[:300])
                 held = False

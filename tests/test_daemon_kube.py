@@ -512,6 +512,22 @@ def test_one_leader_at_a_time(kube):
     assert a.try_acquire() is True
 
 
+def test_a_leader_stuck_renewing_stops_leading_when_its_lease_runs_out(kube):
+    api = client.ApiClient(kube.client_config())
+    a = LeaseElector(api, "kaito-system", "kaito-gitops-leader", "a", lease_seconds=1, renew_every=0.1)
+    a.start()
+    try:
+        wait_for(a.is_leader, 5)
+        kube.set_latency(4, path_contains="/leases/")  # every renewal now hangs for 4 s
+        time.sleep(1.5)
+        assert not a.is_leader(), "still acting 1.5 s into a 1 s lease it could not renew"
+        kube.set_latency(0)
+        wait_for(a.is_leader, 10)
+    finally:
+        kube.set_latency(0)
+        a.stop()
+
+
 def test_webhook_push_is_applied_in_one_pass(kube, remote, tmp_path):
     from support.webhooks import deliver
 
