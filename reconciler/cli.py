@@ -80,7 +80,7 @@ def _load_base(paths: list[str], rev: str, args):
         prefixes.append("" if rel == "." else rel.replace(os.sep, "/"))
     cwd_rel = os.path.relpath(root, os.getcwd())
     files = []
-    for path, data in revision_files(repo, rev, [p for p in prefixes if p], args.max_file_bytes):
+    for path, data in revision_files(repo, rev, prefixes, args.max_file_bytes):  # "": the whole repo
         display = os.path.normpath(os.path.join(cwd_rel, path)) if cwd_rel != "." else path
         files.append((display, data))
     return validate_sources(

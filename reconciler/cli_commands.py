@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 
 def _settings(args, revision: str = ""):
@@ -93,27 +92,25 @@ def _list_presets() -> int:
 
 def cmd_render(args) -> int:
     from .cli import EXIT_FINDINGS, EXIT_OK, _load
-    from .manifests import dump, file_name
     from .planning import plan_revision
+    from .targets.render import RenderTarget
 
     rev = _load(args.paths, args, target="kubernetes")
     _print_findings(rev)
     state = plan_revision(rev, _settings(args, _head_revision(args.paths)))
-    out = Path(args.out)
-    written = 0
-    for (ns, name), plan in sorted(state.plans.items()):
-        folder = out / ns / name
-        folder.mkdir(parents=True, exist_ok=True)
-        wanted = {file_name(o) for o in plan.objects}
-        for stale in folder.glob("*.yaml"):
-            if stale.name not in wanted:
-                stale.unlink()
-        for obj in plan.objects:
-            tmp = folder / (file_name(obj) + ".tmp")
-            tmp.write_text(dump(obj))
-            os.replace(tmp, folder / file_name(obj))  # never a half-written manifest
-            written += 1
-    print(f"wrote {written} object(s) for {len(state.plans)} workspace(s) under {out}", file=sys.stderr)
+    target = RenderTarget(args.out)
+    target.refresh()
+    written = sum(target.apply(plan).writes for _, plan in sorted(state.plans.items()))
+    # folders of workspaces no longer in the files go; an invalid one keeps its last output
+    present = {ws.key for ws in rev.workspaces if ws.name}
+    gone = sorted(set(target.live_workspaces()) - set(state.plans) - present)
+    for key in gone:
+        written += target.remove(key)[1].writes
+    print(
+        f"{written} file(s) written or removed for {len(state.plans)} workspace(s) under {args.out}"
+        + (f"; removed {', '.join('/'.join(k) for k in gone)}" if gone else ""),
+        file=sys.stderr,
+    )
     return EXIT_FINDINGS if rev.has_errors else EXIT_OK
 
 

@@ -478,7 +478,18 @@ class TrainingConfig:
 
     @property
     def output_dir(self) -> str:
-        return str(self.config["training_config"]["TrainingArguments"].get("output_dir", "/mnt/results"))
+        return output_dir_of(self.config["training_config"].get("TrainingArguments", {}))
+
+
+# folders the tuning pod mounts under /mnt itself: results cannot go there
+TUNING_DATA_DIR, TUNING_CONFIG_DIR = "/mnt/data", "/mnt/config"
+RESERVED_MOUNTS = (TUNING_DATA_DIR, TUNING_CONFIG_DIR)
+
+
+def output_dir_of(training_arguments: dict) -> str:
+    """TrainingArguments.output_dir as the pod sees it: absolute, a relative one is under /mnt."""
+    out = training_arguments.get("output_dir", "/mnt/results")
+    return posixpath.normpath(posixpath.join("/mnt", str(out)))
 
 
 def merge_training_config(method: str, text: str | None, source: str = TRAINING_KEY) -> TrainingConfig:
@@ -581,18 +592,25 @@ def _check_training(method: str, tc: dict) -> list[ConfigIssue]:
             ConfigIssue(opath, Severity.ERROR, "tuning-config-output-dir", "output_dir must be a string path")
         )
     else:
-        norm = (
-            posixpath.normpath(posixpath.join("/mnt", out))
-            if not out.startswith("/")
-            else posixpath.normpath(out)
-        )
-        if not norm.startswith("/mnt/") or norm == "/mnt":
+        norm = output_dir_of(ta)
+        taken = next((m for m in RESERVED_MOUNTS if norm == m or norm.startswith(m + "/")), None)
+        if not norm.startswith("/mnt/"):
             issues.append(
                 ConfigIssue(
                     opath,
                     Severity.ERROR,
                     "tuning-config-output-dir",
                     f"output_dir {out!r} must be a folder under /mnt (such as /mnt/results), not /mnt itself",
+                )
+            )
+        elif taken:
+            issues.append(
+                ConfigIssue(
+                    opath,
+                    Severity.ERROR,
+                    "tuning-config-output-dir",
+                    f"output_dir {out!r} is inside {taken}, where the pod mounts its "
+                    f"{'training data' if taken.endswith('data') else 'configuration'}; use /mnt/results",
                 )
             )
     lora = tc.get("LoraConfig", {})

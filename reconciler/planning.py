@@ -123,23 +123,22 @@ def plan_workspace(
         if sizing is None and model is None and ws.inference.template is None:
             notes.append(
                 f"{ws.preset.name if ws.preset else '?'} is not in the catalog: served best effort, "
-                f"{nodes} node(s), tensor parallel over each node's GPUs"
+                f"{nodes} node(s), tensor parallel over each node's GPUs unless inference_config.yaml "
+                "says otherwise"
             )
         if config_in_cluster:
             notes.append(f"ConfigMap {ws.inference.config} is read from the cluster when the pod starts")
         objects = render_inference.render(
             ws,
-            model,
-            sizing if isinstance(sizing, InferenceSizing) else None,
-            server,
-            settings,
-            provisioned,
-            gpus_per_node,
-            nodes,
-            config_in_cluster,
+            model=model,
+            sizing=sizing if isinstance(sizing, InferenceSizing) else None,
+            server=server,
+            settings=settings,
+            provisioned=provisioned,
+            gpus_per_node=gpus_per_node,
+            nodes=nodes,
+            config_in_cluster=config_in_cluster,
         )
-        if sizing is None and ws.inference.template is None:
-            _fill_unsized_parallelism(objects, gpus_per_node)
         command_source = objects[-1]["spec"]["template"]["spec"]["containers"][0].get("command", [])
     else:
         assert ws.tuning is not None
@@ -209,15 +208,6 @@ def plan_cache_key(
     return json.dumps(
         [ws.path, ws.namespace, ws.document.data, cms, images, repr(byo_sku)], sort_keys=True, default=str
     )
-
-
-def _fill_unsized_parallelism(objects: list[dict], gpus_per_node: int) -> None:
-    """Without catalog facts, use every GPU of the node for tensor parallelism."""
-    container = objects[-1]["spec"]["template"]["spec"]["containers"][0]
-    cmd = container["command"]
-    if "--tp-size" not in cmd:
-        at = cmd.index("--") if "--" in cmd else len(cmd)
-        cmd[at:at] = ["--tp-size", str(gpus_per_node)]
 
 
 def plan_revision(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .status import Progress
@@ -11,9 +12,10 @@ def _num(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
     try:
-        return float(v)
+        x = float(v)
     except (TypeError, ValueError):
         return None
+    return x if math.isfinite(x) else None  # a NaN loss, or a log line with Infinity: not a number to show
 
 
 def progress_from_dict(data: Any) -> Progress | None:

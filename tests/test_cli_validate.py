@@ -103,6 +103,27 @@ def test_base_revision_reports_replacements(tmp_path, monkeypatch, capsys):
     assert main(["validate", "ws", "--base", "nope"]) == 2
 
 
+@pytest.mark.parametrize("where", [".kaito/ws", "ws"])
+@pytest.mark.parametrize("extra", [[], ["."]])
+def test_base_reads_what_the_working_tree_reads(tmp_path, monkeypatch, capsys, where, extra):
+    """A hidden folder named on the command line, or '.' beside another path, reads the same at --base."""
+    repo = git.Repo.init(tmp_path, initial_branch="main")
+    repo.config_writer().set_value("user", "name", "t").set_value("user", "email", "t@e").release()
+    folder = tmp_path / where
+    folder.mkdir(parents=True)
+    (folder / "a.yaml").write_text(GOOD)
+    (tmp_path / "b.yaml").write_text(GOOD.replace("name: smollm2\n", "name: other\n", 1))
+    repo.index.add([f"{where}/a.yaml", "b.yaml"])
+    repo.index.commit("add")
+    (folder / "a.yaml").write_text(GOOD.replace("smollm2-135m-instruct", "phi-4-mini-instruct"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", where, *extra, "--base", "HEAD", "--format", "json"]) == 0
+    changes = {c["name"]: c["action"] for c in json.loads(capsys.readouterr().out)["workspaces"]}
+    assert changes["smollm2"] == "replace", changes  # not "add": the base had it too
+    if extra:
+        assert changes["other"] == "unchanged", changes
+
+
 def test_schema_is_a_valid_2020_12_schema_and_closed():
     schema = json.loads((ROOT / "schema" / "workspace.schema.json").read_text())
     jsonschema.Draft202012Validator.check_schema(schema)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import kubernetes_validate
@@ -185,7 +186,9 @@ def test_render_cli_writes_one_file_per_object_and_removes_stale(tmp_path, capsy
     stale = out / "default" / "smollm2" / "deployment-old.yaml"
     stale.parent.mkdir(parents=True)
     stale.write_text("old")
-    assert main(["render", str(ROOT / "example-repo"), "--out", str(out)]) == 0
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "example-repo", copy)
+    assert main(["render", str(copy), "--out", str(out)]) == 0
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*.yaml"))
     assert files == [
         "default/smollm2/service-smollm2-headless.yaml",
@@ -198,6 +201,14 @@ def test_render_cli_writes_one_file_per_object_and_removes_stale(tmp_path, capsy
         "llm/tuning-phi-3/job-tuning-phi-3.yaml",
     ]
     assert not list(out.rglob("*.tmp"))
+    # the same files again: nothing is rewritten; a workspace whose file went loses its folder
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.yaml")}
+    (copy / "local" / "smollm2.yaml").unlink()
+    capsys.readouterr()
+    assert main(["render", str(copy), "--out", str(out)]) == 0
+    assert "removed default/smollm2" in capsys.readouterr().err
+    assert not (out / "default").exists()
+    assert all(p.stat().st_mtime_ns == before[p] for p in out.rglob("*.yaml"))
 
 
 def test_plan_cli_formats(capsys):
@@ -294,6 +305,59 @@ def test_with_your_own_nodes_an_instance_type_only_sizes():
     assert "kaito.sh/workspace" in affinity_keys(mine)
     assert "kaito.sh/workspace" not in affinity_keys(byo)
     assert affinity_keys(byo) == set(mine.workspace.resource.match_labels)
+
+
+def test_a_model_the_catalog_cannot_size_keeps_what_the_config_pins(validate):
+    text = """apiVersion: v1
+kind: ConfigMap
+metadata: {name: serve}
+data:
+  inference_config.yaml: |
+    vllm:
+      tensor-parallel-size: 2
+      max-model-len: 4096
+      gpu-memory-utilization: 0.8
+---
+apiVersion: kaito.sh/v1beta1
+kind: Workspace
+metadata: {name: custom}
+resource:
+  instanceType: Standard_NC96ads_A100_v4
+  count: 2
+  labelSelector: {matchLabels: {apps: custom}}
+inference:
+  preset: {name: someorg/some-model}
+  config: serve
+"""
+    from reconciler.planning import plan_revision
+
+    rev = validate(text)
+    assert not rev.has_errors, [f.text() for f in rev.findings]
+    [plan] = plan_revision(rev, SETTINGS).plans.values()
+    cmd = plan.command
+    flags = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+    assert flags["--tp-size"] == "2" and flags["--pp-size"] == "2" and flags["--nnodes"] == "2"
+    assert flags["--context-length"] == "4096" and flags["--mem-fraction-static"] == "0.8"
+    assert "--dtype" not in flags  # SGLang picks it from the model's config
+
+
+def test_a_relative_output_dir_is_rendered_under_mnt(validate):
+    from reconciler.planning import plan_revision
+
+    tune = (ROOT / "example-repo" / "workspaces" / "tuning-phi-3.yaml").read_text()
+    config = (
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: train, namespace: llm}\ndata:\n"
+        "  training_config.yaml: |\n    training_config:\n      TrainingArguments:\n"
+        "        output_dir: results/adapter\n---\n"
+    )
+    text = config + tune.replace("  method: qlora\n", "  method: qlora\n  config: train\n")
+    plan = next(iter(plan_revision(validate(text), SETTINGS).plans.values()))
+    container = plan.objects[-1]["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["results"] == "/mnt/results/adapter"
+    cmd = container["command"]
+    assert cmd[cmd.index("--output-dir") + 1] == "/mnt/results/adapter"
+    assert {"name": "KAITO_PROGRESS_FILE", "value": "/mnt/results/adapter/progress.json"} in container["env"]
 
 
 def test_sku_of_the_plan_has_a_price(tmp_path):

@@ -511,6 +511,18 @@ TUNING_WS = TUNE + "  config: train\n"
             "must be a folder under /mnt",
             "training_config:\n  TrainingArguments:\n    output_dir: /tmp/out\n",
         ),
+        (
+            "tuning-config-output-dir",
+            9,
+            "inside /mnt/data, where the pod mounts its training data",
+            "training_config:\n  TrainingArguments:\n    output_dir: /mnt/data/out\n",
+        ),
+        (
+            "tuning-config-output-dir",
+            9,
+            "inside /mnt/config",
+            "training_config:\n  TrainingArguments:\n    output_dir: config\n",
+        ),
         ("tuning-config-shape", 6, "one top-level key 'training_config'", "ModelConfig: {}\n"),
     ],
 )
@@ -555,6 +567,14 @@ def test_an_unknown_instance_type_is_only_a_hint_with_your_own_nodes(validate):
     [f] = [f for f in validate(text, byo_nodes=True).findings if f.rule.startswith("instance-type")]
     assert f.rule == "instance-type-ignored" and not f.is_error and f.line == 6
     assert "sized from the GPU labels" in f.message
+    # a hint too small for the model: the nodes may well be bigger, so it does not block the workspace
+    small = INFER.replace("Standard_NC24ads_A100_v4", "Standard_NV36ads_A10_v5").replace(
+        "phi-4-mini-instruct", "deepseek-r1-0528"
+    )
+    [f] = [f for f in validate(small).findings if f.rule == "gpu-memory-insufficient"]
+    assert f.is_error
+    [f] = [f for f in validate(small, byo_nodes=True).findings if f.rule == "gpu-memory-insufficient"]
+    assert not f.is_error and "the matching nodes' GPU labels decide" in f.message
 
 
 def test_other_documents_are_ignored_with_a_warning(validate):

@@ -195,3 +195,20 @@ def test_failed_status_for_invalid_workspaces():
     s = failed_status("tuning", "workspaces/a.yaml:3:5 resource.instanceType: unknown SKU")
     assert s.state == "Failed" and {c.reason for c in s.conditions} == {"InvalidWorkspace", "workspaceFailed"}
     assert failed_status("inference", "bad").state == "NotReady"
+
+
+def test_progress_records_from_logs_tolerate_junk():
+    from reconciler.targets.kubernetes import parse_progress_log
+
+    log = "\n".join(
+        [
+            '{"step": 3, "total_steps": 10, "loss": 1.5}',
+            'plain text with "step" in it',
+            '{"step": 4, "total_steps": NaN, "loss": Infinity}',
+            '{"step": "x"}',
+        ]
+    )
+    p = parse_progress_log(log)
+    assert (p.step, p.total_steps, p.loss) == (4, 0, None)  # the newest record, non-numbers dropped
+    assert parse_progress_log('{"step": NaN}\n{"step": 2, "loss": 0.5}\n').loss == 0.5
+    assert parse_progress_log("no records") is None

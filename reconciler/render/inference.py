@@ -13,7 +13,7 @@ from runtime.inference_args import DEFAULT_PORT, DIST_INIT_PORT
 
 from ..catalog import Model
 from ..configs import INFERENCE_KEY, ServerConfig
-from ..sizing import InferenceSizing
+from ..sizing import InferenceSizing, Overrides
 from ..workspace import Workspace
 from .common import (
     GPU_RESOURCE,
@@ -45,6 +45,8 @@ def runtime_args(
     sizing: InferenceSizing | None,
     server: ServerConfig | None,
     config_in_cluster: bool,
+    gpus_per_node: int,
+    nodes: int,
 ) -> list[str]:
     """Arguments of `python -m runtime.inference` for this workspace."""
     preset = ws.inference.preset if ws.inference else None
@@ -59,27 +61,7 @@ def runtime_args(
         "--download-dir",
         WEIGHTS_DIR,
     ]
-    if sizing is not None:
-        args += ["--tp-size", str(sizing.tp)]
-        if sizing.pp > 1:
-            args += ["--pp-size", str(sizing.pp)]
-        if sizing.dp > 1:
-            args += ["--dp-size", str(sizing.dp)]
-        if sizing.nodes > 1:
-            args += [
-                "--nnodes",
-                str(sizing.nodes),
-                "--dist-init-addr",
-                f"{leader_address(ws)}:{DIST_INIT_PORT}",
-            ]
-        args += [
-            "--context-length",
-            str(sizing.context_length),
-            "--mem-fraction-static",
-            f"{sizing.mem_fraction_static:g}",
-            "--dtype",
-            sizing.dtype,
-        ]
+    args += _layout_args(ws, sizing, server, gpus_per_node, nodes)
     if model is not None:
         if model.tool_call_parser and not _flag_set(server, "tool-call-parser"):
             args += ["--tool-call-parser", model.tool_call_parser]
@@ -92,6 +74,35 @@ def runtime_args(
     extra = _server_flags(server)
     if extra:
         args += ["--", *extra]
+    return args
+
+
+def _layout_args(
+    ws: Workspace, sizing: InferenceSizing | None, server: ServerConfig | None, gpus_per_node: int, nodes: int
+) -> list[str]:
+    """Parallelism, context and memory: as sized, or, for models the catalog cannot size, what the
+    user pinned in inference_config.yaml, else every GPU of a node in tensor parallel and the
+    nodes in pipeline parallel."""
+    if sizing is not None:
+        tp, pp, dp, nodes = sizing.tp, sizing.pp, sizing.dp, sizing.nodes
+        context, fraction, dtype = sizing.context_length, sizing.mem_fraction_static, sizing.dtype
+    else:
+        ov = server.overrides if server else Overrides()
+        tp, pp, dp = ov.tp or gpus_per_node, ov.pp or nodes, ov.dp or 1
+        context, fraction, dtype = ov.context_length, ov.mem_fraction_static, None
+    args = ["--tp-size", str(tp)]
+    if pp > 1:
+        args += ["--pp-size", str(pp)]
+    if dp > 1:
+        args += ["--dp-size", str(dp)]
+    if nodes > 1:
+        args += ["--nnodes", str(nodes), "--dist-init-addr", f"{leader_address(ws)}:{DIST_INIT_PORT}"]
+    if context:
+        args += ["--context-length", str(context)]
+    if fraction:
+        args += ["--mem-fraction-static", f"{fraction:g}"]
+    if dtype:
+        args += ["--dtype", dtype]
     return args
 
 
@@ -166,6 +177,7 @@ def _adapter_parts(ws: Workspace, settings: RenderSettings) -> tuple[list[dict],
 
 def render(
     ws: Workspace,
+    *,
     model: Model | None,
     sizing: InferenceSizing | None,
     server: ServerConfig | None,
@@ -178,6 +190,7 @@ def render(
     """Service, headless Service and StatefulSet (in apply order) for an inference workspace."""
     assert ws.inference is not None
     sel = selector_labels(ws)
+    startup = sizing.startup_seconds if sizing else 30 * 60
     svc_type = (
         "LoadBalancer" if ws.annotations.get("kaito.sh/enablelb", "").lower() == "true" else "ClusterIP"
     )
@@ -209,9 +222,8 @@ def render(
         pod_spec = _template_pod(ws, provisioned)
     else:
         pod_spec = _preset_pod(
-            ws, model, sizing, server, settings, provisioned, gpus_per_node, config_in_cluster
+            ws, model, sizing, server, settings, provisioned, gpus_per_node, nodes, config_in_cluster, startup
         )
-    startup = sizing.startup_seconds if sizing else 30 * 60
     template_labels = {**metadata(ws, ws.name, settings)["labels"], **sel}
     statefulset = {
         "apiVersion": "apps/v1",
@@ -253,7 +265,9 @@ def _preset_pod(
     settings: RenderSettings,
     provisioned: bool,
     gpus_per_node: int,
+    nodes: int,
     config_in_cluster: bool,
+    startup: int,
 ) -> dict:
     inits, volumes, mounts = _adapter_parts(ws, settings)
     volumes = [
@@ -269,7 +283,6 @@ def _preset_pod(
     if config_in_cluster:
         volumes.append({"name": "config", "configMap": {"name": ws.inference.config}})
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
-    startup = sizing.startup_seconds if sizing else 30 * 60
 
     def probe(failures: int) -> dict:
         return {
@@ -295,7 +308,7 @@ def _preset_pod(
             "python",
             "-m",
             "runtime.inference",
-            *runtime_args(ws, model, sizing, server, config_in_cluster),
+            *runtime_args(ws, model, sizing, server, config_in_cluster, gpus_per_node, nodes),
         ],
         "ports": [
             {"name": "http", "containerPort": DEFAULT_PORT, "protocol": "TCP"},

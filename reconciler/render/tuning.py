@@ -12,13 +12,13 @@ import copy
 from ruamel.yaml import YAML
 
 from ..catalog import Model, Sku
-from ..configs import TRAINING_KEY, TrainingConfig
+from ..configs import TRAINING_KEY, TUNING_CONFIG_DIR, TUNING_DATA_DIR, TrainingConfig, output_dir_of
 from ..sizing import TuningSizing
 from ..workspace import Workspace
 from .common import GPU_RESOURCE, GPU_TOLERATIONS, RenderSettings, hf_token_env, metadata, node_affinity
 
-DATA_DIR = "/mnt/data"
-CONFIG_DIR = "/mnt/config"
+DATA_DIR = TUNING_DATA_DIR
+CONFIG_DIR = TUNING_CONFIG_DIR
 WEIGHTS_DIR = "/workspace/weights"
 PUSH_SECRET_DIR = "/var/run/kaito/push"
 BACKOFF_LIMIT = 2
@@ -137,7 +137,7 @@ def render(
     t = ws.tuning
     assert t is not None
     cfg = effective_config(training, sku)
-    output_dir = str(cfg["training_config"]["TrainingArguments"].get("output_dir", "/mnt/results"))
+    output_dir = output_dir_of(cfg["training_config"].get("TrainingArguments", {}))
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

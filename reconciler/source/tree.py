@@ -12,14 +12,20 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def _wanted(rel: str, prefixes: list[str]) -> bool:
+    """A YAML file under one of `prefixes` (all files without any), skipping hidden folders below
+    the prefix, as disk_files does: a prefix may itself be hidden (`.kaito/workspaces`)."""
     if not rel.endswith(YAML_SUFFIXES):
         return False
-    parts = rel.split("/")
-    if any(p.startswith(".") for p in parts[:-1]):
-        return False
-    if not prefixes:
-        return True
-    return any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in prefixes)
+    for prefix in prefixes or [""]:
+        prefix = prefix.rstrip("/")
+        if rel == prefix:
+            return True
+        if prefix and not rel.startswith(prefix + "/"):
+            continue
+        below = rel[len(prefix) + 1 :] if prefix else rel
+        if not any(part.startswith(".") for part in below.split("/")[:-1]):
+            return True
+    return False
 
 
 def revision_files(

@@ -26,6 +26,15 @@ class RenderTarget:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self._live: dict[WorkspaceKey, dict[str, str]] = {}
+        # the files of each key's plan, kept while the plan is the same object (plans are reused
+        # across passes and revisions, so a pass does not serialise every object again)
+        self._rendered: dict[WorkspaceKey, tuple[WorkspacePlan, dict[str, str]]] = {}
+
+    def _files(self, plan: WorkspacePlan) -> dict[str, str]:
+        known = self._rendered.get(plan.key)
+        if known is None or known[0] is not plan:
+            known = self._rendered[plan.key] = (plan, {file_name(o): dump(o) for o in plan.objects})
+        return known[1]
 
     def refresh(self) -> None:
         live: dict[WorkspaceKey, dict[str, str]] = {}
@@ -37,15 +46,8 @@ class RenderTarget:
     def live_workspaces(self) -> dict[WorkspaceKey, str]:
         out = {}
         for key, files in self._live.items():
-            source = ""
-            for text in files.values():
-                docs = load_text("x.yaml", text.encode()).documents
-                if docs:
-                    source = ((docs[0].data.get("metadata") or {}).get("annotations") or {}).get(
-                        ANNOTATION_SOURCE, ""
-                    )
-                    break
-            out[key] = source
+            known = self._rendered.get(key)
+            out[key] = known[0].workspace.path if known and known[1] == files else _source_file(files)
         return out
 
     def apply(self, plan: WorkspacePlan) -> ApplyResult:
@@ -53,7 +55,7 @@ class RenderTarget:
         folder = self.out / plan.key[0] / plan.key[1]
         folder.mkdir(parents=True, exist_ok=True)
         have = self._live.get(plan.key, {})
-        want = {file_name(o): dump(o) for o in plan.objects}
+        want = self._files(plan)
         for name, text in want.items():
             if have.get(name) == text:
                 continue
@@ -79,11 +81,12 @@ class RenderTarget:
             if folder.parent.exists() and not any(folder.parent.iterdir()):
                 folder.parent.rmdir()
         self._live.pop(key, None)
+        self._rendered.pop(key, None)
         return True, result
 
     def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
         have = self._live.get(key, {})
-        applied = plan is not None and all(have.get(file_name(o)) == dump(o) for o in plan.objects)
+        applied = plan is not None and have == self._files(plan)
         kind = plan.kind if plan else "inference"
         return Observation(kind, applied, rendered=True)
 
@@ -92,3 +95,12 @@ class RenderTarget:
 
     def close(self) -> None:
         return None
+
+
+def _source_file(files: dict[str, str]) -> str:
+    """The workspace file a folder we did not write this run came from (its source annotation)."""
+    for text in files.values():
+        docs = load_text("x.yaml", text.encode()).documents
+        if docs and isinstance(docs[0].data, dict):
+            return ((docs[0].data.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SOURCE, "")
+    return ""

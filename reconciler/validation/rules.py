@@ -429,47 +429,39 @@ def check_fits(ws: Workspace, ctx: Context) -> Iterator[Finding]:
     sku, model = _sku(ws, ctx), _model(ws, ctx)
     if sku is None or model is None:
         return
-    bypass = "kaito.sh/bypass-resource-checks" in ws.annotations
-    at = ("resource", "instanceType")
     if ws.inference is not None and ws.inference.preset is not None:
         result = size_inference(model, sku, inference_overrides(ws, ctx))
-        if isinstance(result, DoesNotFit):
-            if result.override:
-                yield from _override_problem(ws, ctx, result)
-                return
-            note = " (kaito.sh/bypass-resource-checks is set, so this is only a warning)" if bypass else ""
-            rule = {"hardware": "gpu-unsupported"}.get(result.kind, "gpu-memory-insufficient")
-            yield _f(
-                ws, at, rule, result.reason + note, W if bypass and rule == "gpu-memory-insufficient" else E
-            )
-        elif (
-            ws.resource.count is not None
-            and ws.resource.count != result.nodes
-            and ws.api_version == "kaito.sh/v1beta1"
-        ):
+        if isinstance(result, DoesNotFit) and result.override:
+            yield from _override_problem(ws, ctx, result)
+        elif isinstance(result, DoesNotFit):
+            yield _does_not_fit(ws, ctx, result)
+        elif ws.resource.count is not None and ws.resource.count != result.nodes:
+            deprecated = "resource.count is deprecated: " if ws.api_version == "kaito.sh/v1beta1" else ""
             yield _f(
                 ws,
                 ("resource", "count"),
                 "count-ignored",
-                f"resource.count is deprecated: sizing needs {result.nodes} node(s) of {sku.name} "
+                f"{deprecated}sizing needs {result.nodes} node(s) of {sku.name} for {model.name} "
                 f"({result.describe()}), so count {ws.resource.count} is ignored",
                 W,
             )
-        elif ws.resource.count is not None and ws.resource.count != result.nodes:
-            yield _f(
-                ws,
-                ("resource", "count"),
-                "count-ignored",
-                f"sizing needs {result.nodes} node(s) of {sku.name} for {model.name}; count {ws.resource.count} is ignored",
-                W,
-            )
-    elif ws.tuning is not None and ws.tuning.method in ("lora", "qlora"):
-        if not model.tuning.supported:
-            return
+    elif ws.tuning is not None and ws.tuning.method in ("lora", "qlora") and model.tuning.supported:
         result = size_tuning(model, sku, ws.tuning.method)
         if isinstance(result, DoesNotFit):
-            rule = "gpu-unsupported" if result.kind == "hardware" else "gpu-memory-insufficient"
-            yield _f(ws, at, rule, result.reason, W if bypass and rule == "gpu-memory-insufficient" else E)
+            yield _does_not_fit(ws, ctx, result)
+
+
+def _does_not_fit(ws: Workspace, ctx: Context, result: DoesNotFit) -> Finding:
+    """An error, unless the user said the size is not the last word: Kaito's bypass annotation
+    (memory only), or bring-your-own nodes, where instanceType is a hint and the nodes decide."""
+    rule = "gpu-unsupported" if result.kind == "hardware" else "gpu-memory-insufficient"
+    if ctx.byo_nodes:
+        note = " (bring-your-own nodes: only a warning; the matching nodes' GPU labels decide)"
+    elif "kaito.sh/bypass-resource-checks" in ws.annotations and rule == "gpu-memory-insufficient":
+        note = " (kaito.sh/bypass-resource-checks is set, so this is only a warning)"
+    else:
+        return _f(ws, ("resource", "instanceType"), rule, result.reason, E)
+    return _f(ws, ("resource", "instanceType"), rule, result.reason + note, W)
 
 
 # --------------------------------------------------------------------------------------
