@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 from .findings import Severity
 from .loading import Document, load_text
 from .sizing import Overrides
+from .workspace import ConfigMap, Workspace
 
 INFERENCE_KEY = "inference_config.yaml"
 TRAINING_KEY = "training_config.yaml"
@@ -241,6 +242,21 @@ def _flag_value(flag: str, value: Any, path: tuple, issues: list[ConfigIssue]) -
     return True, text
 
 
+def server_config_for(
+    ws: Workspace, configmaps: dict[tuple[str, str], ConfigMap]
+) -> tuple[ServerConfig | None, bool]:
+    """(the workspace's translated inference config, whether its ConfigMap lives only in the cluster)."""
+    if ws.inference is None or not ws.inference.config:
+        return None, False
+    cm = configmaps.get((ws.namespace, ws.inference.config))
+    if cm is None or INFERENCE_KEY not in cm.data:
+        return None, True
+    return parse_inference_config(cm.data[INFERENCE_KEY]), False
+
+
+# Validation (several rules) and planning all read the same config text on every revision;
+# the result is immutable, so parse each text once.
+@functools.lru_cache(maxsize=4096)
 def parse_inference_config(text: str, source: str = INFERENCE_KEY) -> ServerConfig:
     """Read inference_config.yaml (Kaito's `vllm:` section and our `sglang:` section)."""
     loaded = load_text(source, text.encode("utf-8"))

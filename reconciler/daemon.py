@@ -152,18 +152,14 @@ class Daemon:
     def _load(self, rev: str) -> None:
         start = time.perf_counter()
         files = self.source.files(rev, [p for p in self.settings.paths if p], self.settings.max_file_bytes)
-        cache = self._validation_cache
         validated = validate_sources(
             files,
             namespace=self.settings.namespace,
             target=self.settings.target_name,
             max_file_bytes=self.settings.max_file_bytes,
-            cache=cache,
+            cache=self._validation_cache,
             byo_nodes=self.render.byo_nodes,
         )
-        current = {(path, raw, self.settings.max_file_bytes) for path, raw in files}
-        for k in [k for k in cache if k not in current]:  # forget files that are gone or changed
-            del cache[k]
         settings = RenderSettings(**{**self.render.__dict__, "revision": rev[:12]})
         state = plan_revision(validated, settings, byo=self._byo_skus, cache=self._plan_cache)
         present = {ws.key for ws in validated.workspaces if ws.name}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .planning import DesiredState, WorkspacePlan
+from .render.common import REPLACE_ON_CHANGE
 from .validation.changes import replacement_reasons
 
 # Kinds whose pod template cannot change in place.
-REPLACE_ON_CHANGE = {"Job"}
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import json
 from dataclasses import dataclass, field
 
 from .catalog import Catalog, Model, Sku, load_catalog
-from .configs import INFERENCE_KEY, TRAINING_KEY, ServerConfig, merge_training_config, parse_inference_config
+from .configs import TRAINING_KEY, merge_training_config, server_config_for
 from .render import inference as render_inference
 from .render import tuning as render_tuning
-from .render.common import RenderSettings, object_hash, stamp
+from .render.common import ANNOTATION_OBJECT_HASH, RenderSettings, stamp
 from .render.nodepool import NodePoolSpec, node_pool
 from .sizing import DoesNotFit, InferenceSizing, Overrides, TuningSizing, size_inference, size_tuning
 from .validation import Revision, WorkspaceKey
@@ -52,12 +52,11 @@ class WorkspacePlan:
             return None
         return round(self.nodes * self.sku.price_per_hour, 3)
 
-    @property
-    def spec_hash(self) -> str:
-        return self.workspace.spec_hash()
-
     def object_hashes(self) -> dict[tuple[str, str], str]:
-        return {(o["kind"], o["metadata"]["name"]): object_hash(o) for o in self.objects}
+        return {
+            (o["kind"], o["metadata"]["name"]): o["metadata"]["annotations"][ANNOTATION_OBJECT_HASH]
+            for o in self.objects
+        }
 
 
 @dataclass
@@ -72,18 +71,6 @@ class DesiredState:
     @property
     def price_per_hour(self) -> float:
         return round(sum(p.price_per_hour or 0 for p in self.plans.values()), 3)
-
-
-def _server_config(
-    ws: Workspace, configmaps: dict[WorkspaceKey, ConfigMap]
-) -> tuple[ServerConfig | None, bool]:
-    """(translated inference config, whether the ConfigMap lives only in the cluster)."""
-    if ws.inference is None or not ws.inference.config:
-        return None, False
-    cm = configmaps.get((ws.namespace, ws.inference.config))
-    if cm is None or INFERENCE_KEY not in cm.data:
-        return None, True
-    return parse_inference_config(cm.data[INFERENCE_KEY]), False
 
 
 def plan_workspace(
@@ -108,7 +95,7 @@ def plan_workspace(
     if not provisioned:
         notes.append("bring-your-own nodes: pods go to nodes matching labelSelector; no node pool is created")
     if ws.inference is not None:
-        server, config_in_cluster = _server_config(ws, configmaps)
+        server, config_in_cluster = server_config_for(ws, configmaps)
         overrides = server.overrides if server else Overrides()
         sizing: InferenceSizing | TuningSizing | None = None
         if model is not None and sku is not None and ws.inference.template is None:

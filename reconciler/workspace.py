@@ -198,12 +198,13 @@ class Workspace:
     api_version: str
     name: str
     namespace: str
-    labels: dict[str, str]
     annotations: dict[str, str]
     resource: Resource
     inference: Inference | None
     tuning: Tuning | None
     document: Document = field(compare=False, repr=False)
+    # a stable digest of the spec and the kaito.sh/ annotations that change rendering
+    spec_hash: str = field(default="", compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -225,37 +226,30 @@ class Workspace:
             return self.tuning.preset
         return None
 
-    def spec(self) -> dict:
-        """What defines the workload: the user's resource/inference/tuning, as written."""
-        raw = self.document.data
-        return {k: raw.get(k) for k in ("resource", "inference", "tuning") if raw.get(k) is not None}
-
-    def spec_hash(self) -> str:
-        """A stable digest of the spec and the annotations that change rendering."""
-        payload = {
-            "spec": self.spec(),
-            "annotations": {k: v for k, v in sorted(self.annotations.items()) if k.startswith("kaito.sh/")},
-        }
-        data = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(data.encode()).hexdigest()
-
     @classmethod
     def read(cls, doc: Document, default_namespace: str) -> Workspace:
         d = doc.data
         md = _dict(d, "metadata") or {}
-        labels = {k: str(v) for k, v in (_dict(md, "labels") or {}).items()}
         annotations = {k: str(v) for k, v in (_dict(md, "annotations") or {}).items()}
         api_version = _str(d, "apiVersion") or ""
+        spec = {k: d.get(k) for k in ("resource", "inference", "tuning") if d.get(k) is not None}
+        payload = {
+            "spec": spec,
+            "annotations": {k: v for k, v in annotations.items() if k.startswith("kaito.sh/")},
+        }
+        digest = hashlib.sha256(
+            json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
+        ).hexdigest()
         return cls(
             api_version=api_version,
             name=_str(md, "name") or "",
             namespace=_str(md, "namespace") or default_namespace,
-            labels=labels,
             annotations=annotations,
             resource=Resource.read(d.get("resource"), api_version),
             inference=Inference.read(d.get("inference")),
             tuning=Tuning.read(d.get("tuning")),
             document=doc,
+            spec_hash=digest,
         )
 
 

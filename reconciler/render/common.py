@@ -44,7 +44,7 @@ def selector_labels(ws: Workspace) -> dict[str, str]:
 
 
 def metadata(ws: Workspace, name: str, settings: RenderSettings, extra_labels: dict | None = None) -> dict:
-    annotations = {ANNOTATION_SPEC_HASH: ws.spec_hash()[:16], ANNOTATION_SOURCE: ws.path}
+    annotations = {ANNOTATION_SPEC_HASH: ws.spec_hash[:16], ANNOTATION_SOURCE: ws.path}
     if settings.revision:
         annotations[ANNOTATION_REVISION] = settings.revision
     return {
@@ -53,6 +53,11 @@ def metadata(ws: Workspace, name: str, settings: RenderSettings, extra_labels: d
         "labels": {**ownership_labels(ws), **(extra_labels or {})},
         "annotations": annotations,
     }
+
+
+# where and when an object was read: not part of what it asks for
+VOLATILE_ANNOTATIONS = frozenset({ANNOTATION_REVISION, ANNOTATION_SOURCE, ANNOTATION_SPEC_HASH})
+REPLACE_ON_CHANGE = frozenset({"Job"})  # a Job's pod template is immutable: changes replace it
 
 
 def object_hash(obj: dict) -> str:
@@ -64,8 +69,11 @@ def object_hash(obj: dict) -> str:
     another workspace) costs no writes to the objects it does not change.
     """
     md = obj.get("metadata", {})
-    volatile = (ANNOTATION_REVISION, ANNOTATION_OBJECT_HASH, ANNOTATION_SOURCE, ANNOTATION_SPEC_HASH)
-    ann = {k: v for k, v in (md.get("annotations") or {}).items() if k not in volatile}
+    ann = {
+        k: v
+        for k, v in (md.get("annotations") or {}).items()
+        if k not in VOLATILE_ANNOTATIONS and k != ANNOTATION_OBJECT_HASH
+    }
     stripped = {**obj, "metadata": {**md, "annotations": ann}}
     return hashlib.sha256(json.dumps(stripped, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[
         :16

@@ -25,11 +25,16 @@ class StatusReporter:
         self._busy = False
         self.last_error = ""
         self._last_written: dict[str, str] | None = None
+        self._last_seen: tuple | None = None  # (revision, reports) of the last pass handed over
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
         self._thread.start()
 
     def on_pass(self, daemon, result) -> None:
         reports = daemon.reports()
+        seen = (daemon.revision, reports)
+        if seen == self._last_seen and self.last_error == "":
+            return  # the usual pass: nothing to report changed, so nothing to serialise
+        self._last_seen = seen
         files = status_files(reports, daemon.revision)
         if files == self._last_written:
             return  # nothing changed since the last commit: no work, no commit

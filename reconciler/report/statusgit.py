@@ -104,27 +104,37 @@ class StatusWriter:
         return self.repo.commit("refs/kaito-gitops/status-tip").hexsha
 
     def current_files(self, tip: str | None) -> dict[str, str]:
+        """The status folder at `tip`, by path relative to it (only that folder is read)."""
         if not tip:
             return {}
-        prefix = f"{self.root}/" if self.root else ""
-        out: dict[str, str] = {}
         tree = self.repo.commit(tip).tree
+        if self.root:
+            try:
+                tree = tree / self.root
+            except KeyError:
+                return {}
+        skip = len(tree.path) + 1 if tree.path else 0
+        out: dict[str, str] = {}
         for item in tree.traverse():
-            if item.type == "blob" and item.path.startswith(prefix):
-                out[item.path[len(prefix) :]] = item.data_stream.read().decode("utf-8", "replace")
+            if item.type == "blob":
+                out[item.path[skip:]] = item.data_stream.read().decode("utf-8", "replace")
         return out
 
     # -- writing ----------------------------------------------------------------------------
-    def _build(self, parent: str | None, files: dict[str, str], message: str) -> str | None:
-        """A commit with `files` as the status folder on top of `parent`; None when nothing changes."""
+    def _build(
+        self, parent: str | None, current: dict[str, str], files: dict[str, str], message: str
+    ) -> str | None:
+        """A commit with `files` as the status folder on top of `parent` (whose folder holds
+        `current`); None when nothing changes. Only files that differ are written."""
         with tempfile.TemporaryDirectory() as tmp:
             env = {**self._env(), "GIT_INDEX_FILE": os.path.join(tmp, "index")}
             if parent:
                 self._git("read-tree", parent, env=env)
             prefix = f"{self.root}/" if self.root else ""
-            existing = set(self.current_files(parent)) if parent else set()
-            lines = [f"0 {'0' * 40}\t{prefix + rel}" for rel in sorted(existing - set(files))]
+            lines = [f"0 {'0' * 40}\t{prefix + rel}" for rel in sorted(set(current) - set(files))]
             for rel, text in sorted(files.items()):
+                if current.get(rel) == text:
+                    continue  # read-tree already has it
                 blob = self._git("hash-object", "-w", "--stdin", env=env, stdin=text).strip()
                 lines.append(f"100644 {blob}\t{prefix + rel}")
             # --index-info works in bare repositories (--force-remove wants a work tree)
@@ -151,9 +161,10 @@ class StatusWriter:
             delay = 0.2
             for attempt in range(1, self.max_attempts + 1):
                 parent = self._remote_tip()
-                if parent and self.current_files(parent) == files:
+                current = self.current_files(parent)
+                if parent and current == files:
                     return WriteResult(False, parent, attempt)
-                sha = self._build(parent, files, f"{message}\n\n{TRAILER}\n")
+                sha = self._build(parent, current, files, f"{message}\n\n{TRAILER}\n")
                 if sha is None:
                     return WriteResult(False, parent or "", attempt)
                 try:

@@ -53,10 +53,6 @@ def status_document(r: WorkspaceReport) -> dict:
     return doc
 
 
-def status_yaml(r: WorkspaceReport) -> str:
-    return dump(status_document(r))
-
-
 def status_row(doc: dict) -> list[str]:
     """One table row from a status document (as written to git, or as read back by `status`)."""
     conds = {c["type"]: c for c in doc.get("conditions") or []}
@@ -72,8 +68,8 @@ def status_row(doc: dict) -> list[str]:
     ]
 
 
-def status_markdown(reports: list[WorkspaceReport], revision: str) -> str:
-    rows = [status_row(status_document(r)) for r in sorted(reports, key=lambda r: r.key)]
+def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: str) -> str:
+    rows = [status_row(d) for d in docs]
     out = [
         "# Workspace status",
         "",
@@ -101,6 +97,8 @@ def text_table(rows: list[list[str]]) -> str:
 
 def status_files(reports: list[WorkspaceReport], revision: str) -> dict[str, str]:
     """Every file the status tree should hold, by path relative to the status root."""
-    files = {status_path(r.key): status_yaml(r) for r in reports}
-    files["STATUS.md"] = status_markdown(reports, revision)
+    reports = sorted(reports, key=lambda r: r.key)
+    docs = [status_document(r) for r in reports]
+    files = {status_path(r.key): dump(d) for r, d in zip(reports, docs, strict=True)}
+    files["STATUS.md"] = status_markdown(reports, docs, revision)
     return files

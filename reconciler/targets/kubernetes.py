@@ -21,14 +21,14 @@ from kubernetes.client.exceptions import ApiException
 from ..planning import WorkspacePlan
 from ..render.common import (
     ANNOTATION_OBJECT_HASH,
-    ANNOTATION_REVISION,
     ANNOTATION_SOURCE,
-    ANNOTATION_SPEC_HASH,
     GPU_RESOURCE,
     LABEL_MANAGED_BY,
     LABEL_WORKSPACE,
     LABEL_WORKSPACE_NS,
     MANAGED_BY,
+    REPLACE_ON_CHANGE,
+    VOLATILE_ANNOTATIONS,
 )
 from ..status import JobState, NodeState, Observation, PodState, Progress
 from .base import ApplyResult, WorkspaceKey
@@ -55,8 +55,6 @@ KINDS: dict[str, KindApi] = {
     "Job": KindApi(client.BatchV1Api, "job"),
 }
 ORDER = list(KINDS)
-REPLACE_ON_CHANGE = {"Job"}  # a Job's pod template is immutable
-VOLATILE_ANNOTATIONS = {ANNOTATION_REVISION, ANNOTATION_SOURCE, ANNOTATION_SPEC_HASH}
 
 
 try:  # listing thousands of objects is mostly JSON parsing; orjson does it several times faster
@@ -130,6 +128,9 @@ class KubernetesTarget:
         self._current: dict[WorkspaceKey, bool] = {}  # every desired object is in place (set by apply)
         self.pods: dict[WorkspaceKey, list[dict]] = {}
         self.nodes_list: list[dict] = []
+        # nodes matching a label set, per snapshot: many workspaces share one selector, and each
+        # asks several times a pass (sizing, provisioning, observing)
+        self._matching: dict[frozenset, list[NodeState]] = {}
         self.log_tail_lines = log_tail_lines
         self.list_calls = 0
 
@@ -185,7 +186,7 @@ class KubernetesTarget:
             pods.setdefault(key, []).append(p)
         with self._lock:
             self.objects, self.pods, self.nodes_list = objects, pods, nodes_data.get("items", [])
-            self._current = {}
+            self._current, self._matching = {}, {}
 
     def live_workspaces(self) -> dict[WorkspaceKey, str]:
         out: dict[WorkspaceKey, str] = {}
@@ -305,15 +306,20 @@ class KubernetesTarget:
         want = dict(plan.workspace.resource.match_labels)
         if plan.node_pool is not None:
             want.update({LABEL_WORKSPACE: plan.workspace.name, LABEL_WORKSPACE_NS: plan.workspace.namespace})
-        out = []
+        key = frozenset(want.items())
         with self._lock:
-            nodes = list(self.nodes_list)
-        for n in nodes:
-            labels = n["metadata"].get("labels") or {}
-            if any(labels.get(k) != v for k, v in want.items()):
-                continue
-            out.append(node_state(n))
-        return out
+            found = self._matching.get(key)
+            nodes = self.nodes_list
+        if found is None:
+            found = [
+                node_state(n)
+                for n in nodes
+                if all((n["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())
+            ]
+            with self._lock:
+                if self.nodes_list is nodes:  # not a newer snapshot meanwhile
+                    self._matching[key] = found
+        return list(found)
 
     def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
         kind = plan.kind if plan else "inference"

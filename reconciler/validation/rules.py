@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from runtime.urlpolicy import URLRefused, check_url
 
 from ..catalog import Catalog, Model, Sku
-from ..configs import INFERENCE_KEY, TRAINING_KEY, ConfigIssue, merge_training_config, parse_inference_config
+from ..configs import (
+    INFERENCE_KEY,
+    TRAINING_KEY,
+    ConfigIssue,
+    merge_training_config,
+    parse_inference_config,
+    server_config_for,
+)
 from ..findings import Finding, Severity
 from ..loading import Path
 from ..refs import dns1123_label_problem, image_ref_problem, label_key_problem, label_value_problem
@@ -360,12 +367,8 @@ def _configmap(
 
 
 def inference_overrides(ws: Workspace, ctx: Context) -> Overrides:
-    if ws.inference is None or not ws.inference.config:
-        return Overrides()
-    cm = ctx.configmaps.get((ws.namespace, ws.inference.config))
-    if cm is None or INFERENCE_KEY not in cm.data:
-        return Overrides()
-    return parse_inference_config(cm.data[INFERENCE_KEY]).overrides
+    server, _ = server_config_for(ws, ctx.configmaps)
+    return server.overrides if server else Overrides()
 
 
 def check_inference_config(ws: Workspace, ctx: Context) -> Iterator[Finding]:
@@ -414,10 +417,10 @@ def check_tuning_config(ws: Workspace, ctx: Context) -> Iterator[Finding]:
 def _override_problem(ws: Workspace, ctx: Context, result: DoesNotFit) -> Iterator[Finding]:
     """A sizing failure caused by a value in inference_config.yaml: point at that value."""
     assert ws.inference is not None and ws.inference.config
-    cm = ctx.configmaps[(ws.namespace, ws.inference.config)]
-    parsed = parse_inference_config(cm.data[INFERENCE_KEY])
     if result.kind == "context":
         return  # check_inference_config reports it at the key
+    cm = ctx.configmaps[(ws.namespace, ws.inference.config)]
+    parsed = parse_inference_config(cm.data[INFERENCE_KEY])
     inner = parsed.document.positions if parsed.document else None
     issue = ConfigIssue(
         parsed.override_paths.get(result.override, ()), E, "parallelism-invalid", result.reason

@@ -169,7 +169,8 @@ def main() -> None:
             latencies = []
             for k in range(pushes):
                 i = k % n
-                preset = "phi-3.5-mini-instruct" if k % 2 == 0 else "phi-4-mini-instruct"
+                # away from the workspace's current preset, so every sample waits for a real change
+                preset = "phi-3.5-mini-instruct" if (k // n) % 2 == 0 else "phi-4-mini-instruct"
                 sha = remote.write({f"workspaces/ws-{i:04d}.yaml": workspace(i, preset)}, f"change {k}")
                 body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
                 t0 = time.perf_counter()
