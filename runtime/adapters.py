@@ -11,23 +11,12 @@ Logs are one JSON object per line on stdout, never a credential. Exit codes: 0 d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from datetime import UTC, datetime
 
 from . import oci
-
-
-def log(event: str, level: str = "info", **fields) -> None:
-    rec = {
-        "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "level": level,
-        "event": event,
-        **fields,
-    }
-    print(json.dumps(rec, default=str), flush=True)
+from .progress import log_line as log
 
 
 def parser() -> argparse.ArgumentParser:

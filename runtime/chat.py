@@ -7,7 +7,7 @@ default) or `{"messages": [...]}` (its `conversational` pipeline), plus `generat
 OpenAI `POST /v1/chat/completions` body and the OpenAI answer back into Kaito's, so the SGLang
 proxy (`runtime.inference`) and the CPU server (`runtime.cpu_server`) share one implementation:
 
-    req = parse_request(body)                       # ChatRequestError -> 400 {"detail": ...}
+    req = parse_body(raw)                           # ChatRequestError -> 400 {"detail": ...}
     openai_body = to_openai(req, served_model_name)
     answer = from_openai(req, openai_response)      # {"Result": "..."}
 
@@ -46,6 +46,7 @@ Choices, where Kaito's server and an OpenAI backend differ (kept in one place, h
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,15 @@ class ChatRequest:
 
 def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str | list | dict) and len(value) == 0)
+
+
+def parse_body(raw: bytes) -> ChatRequest:
+    """parse_request for the raw bytes of an HTTP body (an empty body is `{}`)."""
+    try:
+        body = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ChatRequestError("Request body is not valid JSON") from None
+    return parse_request(body)
 
 
 def parse_request(body: Any) -> ChatRequest:

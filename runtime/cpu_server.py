@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -39,13 +38,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from runtime import chat as kaito_chat
+from runtime.auth import bearer_ok
 
 log = logging.getLogger("runtime.cpu_server")
 
@@ -447,16 +446,9 @@ class Engine:
         log.info("model %s loaded from %s in %.1f s", self.served_model_name, path, self.load_seconds)
 
     def _dtype_name(self) -> str | None:
-        aliases = {
-            "float": "float32",
-            "half": "float16",
-            "bf16": "bfloat16",
-            "fp16": "float16",
-            "fp32": "float32",
-        }
-        if not self.dtype:
-            return None
-        return aliases.get(self.dtype, self.dtype)
+        from runtime import weights
+
+        return weights.canonical_dtype(self.dtype) if self.dtype else None
 
     # -- requests
 
@@ -467,10 +459,12 @@ class Engine:
 
     def select(self, name: Any) -> str | None:
         """The adapter a request's `model` names (None: the base model); 404 for unknown names."""
-        if name is None or name == "" or name in self.aliases:
+        if name is None or name == "":
             return None
         if not isinstance(name, str):
             raise _bad("model must be a string", "model")
+        if name in self.aliases:
+            return None
         if name in self.adapters:
             return name
         base, sep, adapter = name.rpartition(":")
@@ -521,17 +515,20 @@ class Engine:
     def generate(
         self,
         ids: list[int],
+        max_new: int,
         sampling: Sampling,
         adapter: str | None,
         on_text: Callable[[str], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> Generation:
-        """Generate (blocking, one request at a time); `on_text` receives text as it is decoded."""
+        """Generate up to `max_new` tokens (what `budget` allows), blocking, one request at a time.
+
+        `on_text` receives text as it is decoded.
+        """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        max_new = self.budget(len(ids), sampling)
         detok = _Detokenizer(self.tokenizer, sampling.stop)
         cancel = cancel or threading.Event()
         prompt_len = len(ids)
@@ -699,8 +696,7 @@ class _Middleware:
     def _authorized(self, scope) -> bool:
         for key, value in scope.get("headers", []):
             if key == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), self.api_key or "")
+                return bearer_ok(value.decode("latin-1"), self.api_key or "")
         return False
 
     def _observe(self, endpoint: str, status: int, started: float) -> None:
@@ -711,8 +707,14 @@ class _Middleware:
 # ---------------------------------------------------------------- the app
 
 
-def _now() -> int:
-    return int(time.time())
+def _head(id_prefix: str, kind: str, model: str) -> dict[str, Any]:
+    """The fields every object of one OpenAI response shares (each chunk of a stream too)."""
+    return {
+        "id": f"{id_prefix}-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+    }
 
 
 def _usage(gen: Generation) -> dict[str, int]:
@@ -863,18 +865,22 @@ def create_app(
             404, f"The model `{model}` does not exist.", "invalid_request_error", "model_not_found", "model"
         )
 
-    async def run(ids: list[int], sampling: Sampling, adapter: str | None) -> Generation:
-        gen = await worker.run(engine.generate, ids, sampling, adapter)
+    async def run(ids: list[int], max_new: int, sampling: Sampling, adapter: str | None) -> Generation:
+        gen = await worker.run(engine.generate, ids, max_new, sampling, adapter)
         metrics.count_tokens(served, gen)
         return gen
 
     def stream(
         ids: list[int],
+        max_new: int,
         sampling: Sampling,
         adapter: str | None,
-        chunk: Callable[[str | None, str | None], dict],
-        usage_chunk: Callable[[dict], dict] | None,
+        head: dict,
+        choice: Callable[[str | None, str | None], dict],
+        with_usage: bool,
     ) -> StreamingResponse:
+        """Server-sent `head` + one choice per event: choice(None, None) first, then choice(text, None)
+        for each piece of text, choice(None, finish_reason) last, then the usage if asked for."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
@@ -883,6 +889,7 @@ def create_app(
             try:
                 gen = engine.generate(
                     ids,
+                    max_new,
                     sampling,
                     adapter,
                     lambda t: loop.call_soon_threadsafe(queue.put_nowait, ("text", t)),
@@ -899,21 +906,27 @@ def create_app(
                 )
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", err))
 
+        def chunk(text: str | None, finish: str | None) -> bytes:
+            out = {**head, "choices": [choice(text, finish)]}
+            if with_usage:  # OpenAI's shape: null on every chunk but the final usage one
+                out["usage"] = None
+            return _sse(out)
+
         async def events() -> AsyncIterator[bytes]:
             worker.submit(work)
             try:
-                yield _sse(chunk(None, None))
+                yield chunk(None, None)
                 while True:
                     kind, item = await queue.get()
                     if kind == "text":
-                        yield _sse(chunk(item, None))
+                        yield chunk(item, None)
                     elif kind == "error":
                         yield _sse(item.body())
                         break
                     else:
-                        yield _sse(chunk(None, item.finish_reason))
-                        if usage_chunk is not None:
-                            yield _sse(usage_chunk(_usage(item)))
+                        yield chunk(None, item.finish_reason)
+                        if with_usage:
+                            yield _sse({**head, "choices": [], "usage": _usage(item)})
                         break
                 yield _sse("[DONE]")
             finally:
@@ -933,56 +946,27 @@ def create_app(
         messages = parse_messages(body)
         sampling = parse_sampling(body)
         ids = engine.chat_ids(messages)
-        engine.budget(len(ids), sampling)
+        max_new = engine.budget(len(ids), sampling)
         model_name = body.get("model") or served
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", _now()
         if body.get("stream"):
-            first = {"sent": False}
-            with_usage = include_usage(body)
 
-            def chunk(text: str | None, finish: str | None) -> dict:
+            def choice(text: str | None, finish: str | None) -> dict:
                 if finish is not None:
                     delta: dict = {}
-                elif not first["sent"]:
-                    first["sent"] = True
+                elif text is None:  # the first chunk
                     delta = {"role": "assistant", "content": ""}
                 else:
                     delta = {"content": text}
-                out = {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                }
-                if with_usage:
-                    out["usage"] = None
-                return out
+                return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
-            def usage_chunk(usage: dict) -> dict:
-                return {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [],
-                    "usage": usage,
-                }
-
-            return stream(ids, sampling, adapter, chunk, usage_chunk if with_usage else None)
-        gen = await run(ids, sampling, adapter)
+            head = _head("chatcmpl", "chat.completion.chunk", model_name)
+            return stream(ids, max_new, sampling, adapter, head, choice, include_usage(body))
+        gen = await run(ids, max_new, sampling, adapter)
+        message = {"role": "assistant", "content": gen.text}
         return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": model_name,
+            **_head("chatcmpl", "chat.completion", model_name),
             "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": gen.text},
-                    "logprobs": None,
-                    "finish_reason": gen.finish_reason,
-                }
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": gen.finish_reason}
             ],
             "usage": _usage(gen),
             "system_fingerprint": None,
@@ -1003,47 +987,22 @@ def create_app(
             raise _bad("suffix is not supported by the CPU server", "suffix")
         sampling = parse_sampling(body)
         ids = engine.prompt_ids(body["prompt"])
-        engine.budget(len(ids), sampling)
+        max_new = engine.budget(len(ids), sampling)
         echo = bool(body.get("echo"))
         prefix = engine.tokenizer.decode(ids, skip_special_tokens=True) if echo else ""
         model_name = body.get("model") or served
-        rid, created = f"cmpl-{uuid.uuid4().hex}", _now()
+        head = _head("cmpl", "text_completion", model_name)
         if body.get("stream"):
-            with_usage = include_usage(body)
-            first = {"sent": False}
 
-            def chunk(text: str | None, finish: str | None) -> dict:
-                if text is None and finish is None:
-                    first["sent"] = True
+            def choice(text: str | None, finish: str | None) -> dict:
+                if text is None and finish is None:  # the first chunk carries the echoed prompt
                     text = prefix
-                out = {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}],
-                }
-                if with_usage:
-                    out["usage"] = None
-                return out
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
 
-            def usage_chunk(usage: dict) -> dict:
-                return {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model_name,
-                    "choices": [],
-                    "usage": usage,
-                }
-
-            return stream(ids, sampling, adapter, chunk, usage_chunk if with_usage else None)
-        gen = await run(ids, sampling, adapter)
+            return stream(ids, max_new, sampling, adapter, head, choice, include_usage(body))
+        gen = await run(ids, max_new, sampling, adapter)
         return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model_name,
+            **head,
             "choices": [
                 {"index": 0, "text": prefix + gen.text, "logprobs": None, "finish_reason": gen.finish_reason}
             ],
@@ -1053,12 +1012,7 @@ def create_app(
 
     @app.post("/chat")
     async def kaito_chat_endpoint(request: Request) -> JSONResponse:
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw else {}
-        except (ValueError, UnicodeDecodeError):
-            raise kaito_chat.ChatRequestError("Request body is not valid JSON") from None
-        req = kaito_chat.parse_request(body)
+        req = kaito_chat.parse_body(await request.body())
         try:
             engine.require_ready()
             answer = await chat_completion(kaito_chat.to_openai(req, served))
@@ -1068,20 +1022,3 @@ def create_app(
         return JSONResponse(kaito_chat.from_openai(req, answer))
 
     return app
-
-
-def adapters_from_dir(adapters_dir: str | None) -> dict[str, str]:
-    """{name: path} of the LoRA adapters under a folder (Kaito's /mnt/adapter/<name> layout)."""
-    from runtime.inference_args import find_adapters
-
-    return dict(find_adapters(adapters_dir))
-
-
-def describe(app: FastAPI) -> dict[str, Any]:
-    """What an app serves, for logs."""
-    engine: Engine = app.state.engine
-    return {
-        "model": engine.model_path,
-        "served_model_name": engine.served_model_name,
-        "adapters": {k: str(Path(v)) for k, v in engine.adapters.items()},
-    }

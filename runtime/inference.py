@@ -42,7 +42,6 @@ import asyncio
 import contextlib
 import dataclasses
 import glob
-import hmac
 import importlib.util
 import json
 import logging
@@ -55,6 +54,7 @@ import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
+from runtime.auth import bearer_ok
 from runtime.inference_args import (
     SGLANG_INTERNAL_PORT,
     InferenceOptions,
@@ -144,9 +144,7 @@ def is_worker(opts: InferenceOptions) -> bool:
     return opts.nnodes > 1 and opts.node_rank > 0
 
 
-def child_command(
-    opts: InferenceOptions, api_key: str | None, port: int, env: dict[str, str] | None = None
-) -> list[str]:
+def child_command(opts: InferenceOptions, port: int, env: dict[str, str] | None = None) -> list[str]:
     """The SGLang command: sglang_command's, bound to loopback behind the proxy, launcher swapped if asked."""
     env = os.environ if env is None else env
     # SGLang listens on loopback only and the proxy checks the key, so the key stays out of
@@ -223,11 +221,7 @@ def proxy_app(
         return f"SGLang is not answering yet ({type(exc).__name__})"
 
     def authorized(request: Request) -> bool:
-        if not api_key:
-            return True
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        return hmac.compare_digest(token.encode(), api_key.encode())
+        return not api_key or bearer_ok(request.headers.get("authorization"), api_key)
 
     def denied() -> Response:
         err = {
@@ -253,11 +247,7 @@ def proxy_app(
         if not authorized(request):
             return JSONResponse({"detail": "Unauthorized"}, status_code=401)
         try:
-            body = json.loads(await request.body() or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            return JSONResponse({"detail": "Request body is not valid JSON"}, status_code=400)
-        try:
-            req = chat.parse_request(body)
+            req = chat.parse_body(await request.body())
         except chat.ChatRequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
         try:
@@ -330,8 +320,9 @@ def _adapter_model(content: bytes, served: str, adapters: frozenset[str]) -> byt
         body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
         return content
-    if isinstance(body, dict) and body.get("model") in adapters:
-        body["model"] = f"{served}:{body['model']}"
+    model = body.get("model") if isinstance(body, dict) else None
+    if isinstance(model, str) and model in adapters:  # a list or dict is unhashable: not a name
+        body["model"] = f"{served}:{model}"
         return json.dumps(body).encode()
     return content
 
@@ -501,7 +492,7 @@ async def supervise(opts: InferenceOptions, cmd: list[str], api_key: str | None,
 def run_sglang(opts: InferenceOptions, dry_run: bool) -> int:
     api_key = read_api_key(opts.api_key_file)
     port = internal_port(opts)
-    cmd = child_command(opts, api_key, port)
+    cmd = child_command(opts, port)
     shown = shlex.join(redacted(cmd))
     if api_key:
         shown = shown.replace(api_key, "<redacted>")
@@ -544,7 +535,7 @@ def run_cpu(opts: InferenceOptions, dry_run: bool, why: str) -> int:
     log.info("CPU server (%s): %s", why, json.dumps(summary))
     if ignored:
         log.warning("the CPU server ignores: %s", ", ".join(ignored))
-    if opts.nnodes > 1 and opts.node_rank > 0:
+    if is_worker(opts):
         log.error("node rank %d: the CPU server runs on one node only", opts.node_rank)
         return 2
 

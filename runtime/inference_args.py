@@ -7,6 +7,7 @@ command lines can be checked against SGLang's own parser without a GPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -90,31 +91,10 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> tuple[Inference
         argv, extra = argv[:i], argv[i + 1 :]
     ns = parser().parse_args(argv)
     rank = ns.node_rank if ns.node_rank is not None else int(env.get("POD_INDEX", "0") or 0)
-    opts = InferenceOptions(
-        model=ns.model,
-        revision=ns.revision,
-        served_model_name=ns.served_model_name,
-        host=ns.host,
-        port=ns.port,
-        tp_size=ns.tp_size,
-        pp_size=ns.pp_size,
-        dp_size=ns.dp_size,
-        nnodes=ns.nnodes,
-        node_rank=rank,
-        dist_init_addr=ns.dist_init_addr,
-        context_length=ns.context_length,
-        mem_fraction_static=ns.mem_fraction_static,
-        dtype=ns.dtype,
-        tool_call_parser=ns.tool_call_parser,
-        reasoning_parser=ns.reasoning_parser,
-        adapters_dir=ns.adapters_dir,
-        config_file=ns.config_file,
-        api_key_file=ns.api_key_file,
-        backend=ns.backend,
-        trust_remote_code=ns.trust_remote_code,
-        download_dir=ns.download_dir,
-        extra=extra,
-    )
+    # every option from its flag, so a new field cannot be left out (a field without a flag fails here)
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(InferenceOptions) if f.name != "extra"}
+    values["node_rank"] = rank
+    opts = InferenceOptions(**values, extra=extra)
     return opts, ns.dry_run
 
 
@@ -215,7 +195,7 @@ def sglang_command(opts: InferenceOptions, port: int | None = None, api_key: str
             "--lora-paths",
             *[f"{name}={path}" for name, path in adapters],
             "--max-loras-per-batch",
-            str(max(1, len(adapters))),
+            str(len(adapters)),
         ]
     if api_key:
         cmd += ["--api-key", api_key]

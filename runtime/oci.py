@@ -53,7 +53,6 @@ TITLE_ANNOTATION = "org.opencontainers.image.title"
 LAYER_TITLE = "layer.tar.gz"  # what Kaito's pusher.sh names its layer
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 DEFAULT_MAX_BYTES = 64 * 1024**3  # uncompressed; tuning input images can be large
 MAX_MEMBERS = 100_000
@@ -615,6 +614,13 @@ def safe_extract(
     written: list[str] = []
     total = 0
     count = 0
+
+    def add_bytes(n: int) -> None:
+        nonlocal total
+        total += n
+        if total > max_bytes:
+            raise UnsafeArchive(f"archive expands to more than {max_bytes} bytes")
+
     try:
         tar = tarfile.open(archive, mode="r:*")  # noqa: SIM115 - closed by the with below
     except tarfile.TarError as e:
@@ -678,14 +684,13 @@ def safe_extract(
                         raise UnsafeArchive(
                             f"archive entry {m.name!r} is a hard link to {link!r}, not a file inside it"
                         )
+                    add_bytes(src.stat().st_size)  # the copy is written out in full
                     shutil.copyfile(src, target)
                     written.append(str(rel))
                 continue
             if not m.isfile():
                 continue  # devices, FIFOs
-            total += m.size
-            if total > max_bytes:
-                raise UnsafeArchive(f"archive expands to more than {max_bytes} bytes")
+            add_bytes(m.size)
             parent.mkdir(parents=True, exist_ok=True)
             if not _within(root, parent.resolve()):
                 raise UnsafeArchive(
@@ -804,16 +809,7 @@ def pull(
     return PullResult(str(client.ref), digest, files, total, is_adapter, dict(annotations))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 __all__ = [
-    "ADAPTER_FILES",
     "LAYER_MEDIA_TYPE",
     "MODEL_NAME_ANNOTATION",
     "Credentials",
@@ -828,7 +824,6 @@ __all__ = [
     "UnsafeArchive",
     "adapter_files",
     "build_layer",
-    "file_sha256",
     "get_manifest",
     "parse_reference",
     "pull",

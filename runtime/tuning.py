@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .progress import ProgressWriter, log_line, progress_path
+from .weights import canonical_dtype
 
 COMPLETION_MARKER = "fine_tuning_completed.txt"
 PROGRESS_NAME = "progress.json"
@@ -178,24 +179,12 @@ def _unknown(section: str, given: dict, known: set[str]) -> None:
 def _dtype(name: Any):
     import torch
 
-    if name is None or name == "auto":
+    if name is None or name == "auto" or isinstance(name, torch.dtype):
         return name
-    if isinstance(name, torch.dtype):
-        return name
-    table = {
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-        "half": torch.float16,
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "float": torch.float32,
-    }
-    key = str(name).replace("torch.", "").lower()
-    if key not in table:
+    key = canonical_dtype(name)
+    if key not in ("bfloat16", "float16", "float32"):
         raise TuningError(f"unknown dtype {name!r}; use bfloat16, float16 or float32")
-    return table[key]
+    return getattr(torch, key)
 
 
 @dataclass
@@ -361,42 +350,24 @@ def lora_config(lc: dict, model_names: tuple[str | None, ...]):
 
 
 def resolve_model(model: str, revision: str | None, trust_remote_code: bool) -> Path:
-    """A local folder as is; a Hugging Face id is downloaded (or found in the cache when offline)."""
-    p = Path(model)
-    if p.is_dir():
-        return p
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    """A local folder as is; a Hugging Face id from the cache, else downloaded (runtime.weights)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-    if trust_remote_code:
-        patterns.append("*.py")
+    from . import weights
+
     try:
-        local = Path(snapshot_download(model, revision=revision, allow_patterns=patterns))
-        if not any(local.rglob("*.safetensors")):  # older repos ship only PyTorch .bin weights
-            local = Path(snapshot_download(model, revision=revision, allow_patterns=[*patterns, "*.bin"]))
-        return local
-    except GatedRepoError:
-        raise TuningError(
-            f"{model} is gated on Hugging Face: accept its license and give the workspace a token "
-            "(modelAccessSecret / HF_TOKEN)"
-        ) from None
-    except RepositoryNotFoundError:
-        raise TuningError(
-            f"{model} is neither a local folder nor a Hugging Face model this token can see"
-        ) from None
-    except LocalEntryNotFoundError:
-        # offline: the models runtime.weights can build locally (SmolLM2 from its packaged GGUF)
-        from runtime import weights
-
-        try:
-            return weights.resolve_model(model, revision, progress=False)
-        except Exception:
-            pass
-        raise TuningError(
-            f"{model} is not in the cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) and downloads are "
-            "off (HF_HUB_OFFLINE=1) or the hub is unreachable"
-        ) from None
+        return weights.resolve_model(model, revision, progress=False, trust_remote_code=trust_remote_code)
+    except weights.WeightsNotFound as e:
+        if isinstance(e.__cause__, GatedRepoError):  # a subclass of RepositoryNotFoundError: first
+            raise TuningError(
+                f"{model} is gated on Hugging Face: accept its license and give the workspace a token "
+                "(modelAccessSecret / HF_TOKEN)"
+            ) from None
+        if isinstance(e.__cause__, RepositoryNotFoundError):
+            raise TuningError(
+                f"{model} is neither a local folder nor a Hugging Face model this token can see"
+            ) from None
+        raise TuningError(str(e)) from None
 
 
 def load_model(path: Path, mc: dict, bnb, device: Device, gradient_checkpointing: bool):
@@ -405,7 +376,6 @@ def load_model(path: Path, mc: dict, bnb, device: Device, gradient_checkpointing
 
     _unknown("ModelConfig", mc, MODEL_KEYS)
     trust = bool(mc.get("trust_remote_code", False))
-    revision = mc.get("revision") if not path.is_dir() else None
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -420,8 +390,6 @@ def load_model(path: Path, mc: dict, bnb, device: Device, gradient_checkpointing
     for k in ("attn_implementation", "low_cpu_mem_usage", "max_memory", "offload_folder", "subfolder"):
         if mc.get(k) is not None:
             kw[k] = mc[k]
-    if revision and not Path(path).is_dir():
-        kw["revision"] = revision
     if bnb is not None:
         kw["quantization_config"] = bnb
     model = AutoModelForCausalLM.from_pretrained(str(path), **kw)

@@ -37,8 +37,15 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 def check_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> None:
     """Refuse loopback, private, link-local (cloud metadata lives there) and other non-public addresses."""
     ip = ipaddress.ip_address(addr) if isinstance(addr, str) else addr
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        else:
+            # 6to4 and Teredo addresses carry an IPv4 address that the traffic may be delivered to;
+            # the IPv6 address itself is still checked below (Teredo's prefix is not public, for one)
+            embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+            if embedded is not None:
+                check_address(embedded)
     what = None
     if ip.is_loopback:
         what = "a loopback address"
@@ -56,8 +63,12 @@ def check_address(addr: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> 
         raise URLRefused(f"{ip} is {what}; data must come from a public host")
 
 
-def check_url(url: str) -> str:
-    """Return the host of an acceptable URL, or raise URLRefused saying why not."""
+def check_url(url: str, *, check_host: bool = True) -> str:
+    """Return the host of an acceptable URL, or raise URLRefused saying why not.
+
+    check_host=False skips only the checks of the host and its address (for a host the operator
+    allow-listed); the scheme, credential and character rules still apply.
+    """
     if not isinstance(url, str) or not url.strip():
         raise URLRefused("the URL is empty")
     if any(c.isspace() for c in url) or any(ord(c) < 32 for c in url):
@@ -78,6 +89,10 @@ def check_url(url: str) -> str:
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise URLRefused("the URL has no host")
+    if port is not None and not 0 < port < 65536:
+        raise URLRefused(f"port {port} is out of range")
+    if not check_host:
+        return host
     if host == "localhost" or host.endswith(".localhost"):
         raise URLRefused(f"{host} is this machine; data must come from a public host")
     if host in METADATA_HOSTS:
@@ -94,6 +109,4 @@ def check_url(url: str) -> str:
             ip = None
     if ip is not None:
         check_address(ip)
-    if port is not None and not 0 < port < 65536:
-        raise URLRefused(f"port {port} is out of range")
     return host

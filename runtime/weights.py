@@ -46,19 +46,14 @@ log = logging.getLogger("runtime.weights")
 MARKER = "kaito-gitops-converted.json"
 CONVERTED_FORMAT = 2  # 2: generation_config.json carries the model's sampling defaults
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-DTYPE_BYTES = {
-    "float32": 4,
-    "float": 4,
-    "fp32": 4,
-    "float16": 2,
-    "half": 2,
-    "fp16": 2,
-    "bfloat16": 2,
-    "bf16": 2,
-    "float64": 8,
-    "int8": 1,
-    "uint8": 1,
+DTYPE_ALIASES = {
+    "float": "float32",
+    "fp32": "float32",
+    "half": "float16",
+    "fp16": "float16",
+    "bf16": "bfloat16",
 }
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1}
 # safetensors header dtype codes -> bytes per element
 ST_BYTES = {
     "F64": 8,
@@ -112,6 +107,12 @@ class InsufficientMemory(MemoryError):
             f"{what} needs about {gib(needed)} of RAM but only {gib(available)} is available on this "
             f"machine; free memory, use a machine with more RAM, or serve a smaller model"
         )
+
+
+def canonical_dtype(name: object) -> str:
+    """torch's name for a dtype written any common way: "bf16", "torch.bfloat16" -> "bfloat16"."""
+    key = str(name).strip().lower().removeprefix("torch.")
+    return DTYPE_ALIASES.get(key, key)
 
 
 def gib(n: int | float) -> str:
@@ -466,7 +467,7 @@ def model_params(model_dir: str | os.PathLike) -> tuple[int, int]:
     if cfg.is_file():
         with contextlib.suppress(ValueError, OSError):
             c = json.loads(cfg.read_text())
-            stored = DTYPE_BYTES.get(str(c.get("dtype") or c.get("torch_dtype") or "float32"), 4)
+            stored = DTYPE_BYTES.get(canonical_dtype(c.get("dtype") or c.get("torch_dtype") or "float32"), 4)
     if st:
         params = sum(_safetensors_params(p) for p in st)
         size = sum(p.stat().st_size for p in st)
@@ -495,7 +496,7 @@ def check_memory(
     else:
         params, stored = model_params(model_dir_or_params)
         what = f"{model_dir_or_params} ({params / 1e6:,.1f}M parameters)"
-    per = DTYPE_BYTES.get(dtype, stored) if dtype and dtype != "auto" else stored
+    per = DTYPE_BYTES.get(canonical_dtype(dtype), stored) if dtype else stored
     needed = int(params * per * ACTIVATION_FACTOR) + RUNTIME_OVERHEAD_BYTES
     available = available_memory() if available_bytes is None else int(available_bytes)
     if needed > available:

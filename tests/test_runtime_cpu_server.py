@@ -209,6 +209,8 @@ def test_adapters_are_chosen_by_model_name(client):
         ({"messages": HELLO, "stop": [1, 2]}, "stop"),
         ({"messages": HELLO, "n": 2}, "n"),
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"messages": HELLO, "model": ["tiny"]}, "model"),  # unhashable: once a 500
+        ({"messages": HELLO, "model": {"name": "tiny"}}, "model"),
     ],
 )
 def test_bad_requests_get_openai_errors(client, body, param):
@@ -222,6 +224,10 @@ def test_bad_requests_get_openai_errors(client, body, param):
 def test_invalid_json(client):
     r = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = client.post("/v1/completions", json={"model": ["tiny"], "prompt": "x"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    r = client.post("/chat", content=b"{not json")
+    assert r.status_code == 400 and r.json() == {"detail": "Request body is not valid JSON"}
 
 
 def test_kaito_chat(client):
@@ -298,6 +304,8 @@ def test_api_key(tiny):
         r = c.get("/v1/models")
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        # a key that is not ASCII is just a wrong key (once a TypeError, a 500)
+        assert c.get("/v1/models", headers={"Authorization": "Bearer sk-é".encode()}).status_code == 401
         assert c.get("/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
         assert c.post("/chat", json={"prompt": "x"}).status_code == 401
 
@@ -420,8 +428,23 @@ def test_openai_client_against_uvicorn(tmp_path, tiny, adapters_dir):
             model="tuned", messages=HELLO, max_tokens=8, temperature=0, extra_body={"min_tokens": 8}
         )
         assert "".join(pieces) == tuned.choices[0].message.content
-        comp = client.completions.create(model="tiny", prompt="GitOps", max_tokens=4, temperature=0)
-        assert comp.choices[0].text is not None
+        comp = client.completions.create(
+            model="tiny", prompt="GitOps", max_tokens=4, temperature=0, extra_body={"min_tokens": 4}
+        )
+        assert comp.usage.completion_tokens == 4 and comp.choices[0].finish_reason == "length"
+        chunks = list(
+            client.completions.create(
+                model="tiny",
+                prompt="GitOps",
+                max_tokens=4,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"min_tokens": 4},
+            )
+        )
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == comp.choices[0].text
+        assert chunks[-1].usage.completion_tokens == 4
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=HELLO, max_tokens=2)
         with pytest.raises(openai.AuthenticationError):

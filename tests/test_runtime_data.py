@@ -102,6 +102,8 @@ def run_cli(*args: str) -> tuple[int, list[dict], str]:
         ("http://metadata.google.internal/computeMetadata/v1/", "metadata"),
         ("http://user:pw@example.com/data.csv", "credentials"),
         ("http://[::ffff:127.0.0.1]/x", "loopback"),
+        ("http://[2002:a9fe:a9fe::1]/x", "169.254.169.254 is a link-local"),  # 6to4
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/x", "127.0.0.1 is a loopback"),  # Teredo
     ],
 )
 def test_hostile_urls_refused_before_any_connection(tmp_path, url, why):
@@ -170,6 +172,20 @@ def test_connects_to_the_vetted_address_with_the_name_in_host_header(tmp_path, s
 def test_allow_host_is_exact_about_the_port(tmp_path, server):
     with pytest.raises(URLRefused, match="loopback"):
         data.fetch([f"{server.base}/d.csv"], tmp_path, allow_hosts=["127.0.0.1:1"], logger=quiet)
+
+
+def test_allow_host_skips_only_the_host_checks():
+    allow = {("localhost", None)}
+    assert data.vet_url("http://localhost:8080/d.csv", allow).allowed
+    with pytest.raises(URLRefused, match="this machine"):
+        data.vet_url("http://localhost:8080/d.csv")
+    for url, why in [
+        ("http://user:pw@localhost/d.csv", "credentials"),
+        ("ftp://localhost/d.csv", "only http and https"),
+        ("http://localhost/d .csv", "spaces"),
+    ]:
+        with pytest.raises(URLRefused, match=why):
+            data.vet_url(url, allow)
 
 
 def test_cli_fetches_from_allowed_local_mirror_and_logs_sha256(tmp_path, server):

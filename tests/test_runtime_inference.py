@@ -249,6 +249,7 @@ def _launch(tmp_path: Path, extra_args: list[str], extra_env: dict[str, str] | N
         KAITO_SGLANG_LAUNCHER=f"{sys.executable} {FAKE_SGLANG}",
         KAITO_SGLANG_PORT=str(inner),
         FAKE_SGLANG_RECORD=str(record),
+        FAKE_SGLANG_SHOW_FILE=str(key_file),  # the stand-in prints the key: the launcher must redact it
         KAITO_STOP_GRACE_SECONDS="10",
         **(extra_env or {}),
     )
@@ -306,7 +307,13 @@ def test_sglang_proxy_end_to_end(tmp_path):
                 c.post("/chat", json={"prompt": "x"}, headers={"Authorization": "Bearer wrong"}).status_code
                 == 401
             )
+            # a key that is not ASCII is a wrong key, not an error
+            r = c.post("/chat", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-é".encode()})
+            assert r.status_code == 401
             assert len([x for x in _records(record) if "request" in x]) == sent_before
+            assert c.post("/chat", content=b"{not json", headers=auth).json() == {
+                "detail": "Request body is not valid JSON"
+            }
 
             # every other path goes through unchanged
             r = c.post(
@@ -323,6 +330,14 @@ def test_sglang_proxy_end_to_end(tmp_path):
             )
             assert r.status_code == 200
             assert [x["request"] for x in _records(record) if "request" in x][-1]["model"] == "model-7b:tuned"
+            # a "model" that is not a string is no adapter name: it reaches SGLang as sent (once a 500)
+            r = c.post(
+                "/v1/chat/completions",
+                json={"model": ["tuned"], "messages": [{"role": "user", "content": "x"}]},
+                headers=auth,
+            )
+            assert r.status_code == 200, r.text
+            assert [x["request"] for x in _records(record) if "request" in x][-1]["model"] == ["tuned"]
             assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 401
             models = c.get("/v1/models", headers=auth).json()
             assert [m["id"] for m in models["data"]] == ["model-7b", "tuned"]
@@ -353,6 +368,7 @@ def test_sglang_proxy_end_to_end(tmp_path):
         stop(proc)
     text = log.read_text()
     assert API_KEY not in text, "the API key leaked into the logs"
+    assert text.count("token from") == 2 and text.count("<redacted>") >= 2  # SGLang's stdout and stderr
     assert "server_args=" in text and "api_key=None" in text  # SGLang runs keyless behind the proxy
 
 
@@ -407,7 +423,8 @@ def test_worker_rank_serves_only_health(tmp_path):
         assert proc.wait(20) == 0
     finally:
         stop(proc)
-    assert API_KEY not in log.read_text()
+    text = log.read_text()
+    assert API_KEY not in text and text.count("token from") == 2
 
 
 def test_cpu_backend_exits_when_the_model_cannot_load(tmp_path):

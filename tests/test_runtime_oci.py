@@ -234,6 +234,11 @@ def test_tar_with_dotdot_is_refused_on_pull(registry, tmp_path, monkeypatch):
         ([(_link("data/h", "/etc/passwd", hard=True), None)], "absolute path"),
         ([(_link("data", "/tmp"), None), (_file("data/x"), b"x")], "absolute path"),
         ([(_file("data/big1"), b"a" * 600), (_file("data/big2"), b"b" * 600)], "more than 1000 bytes"),
+        # each hard link is written out as a copy: it counts against the limit like a file
+        (
+            [(_file("data/a"), b"a" * 600), (_link("data/h", "data/a", hard=True), None)],
+            "more than 1000 bytes",
+        ),
     ],
 )
 def test_safe_extract_refuses(tmp_path, entries, why):

@@ -340,7 +340,10 @@ def test_cpu_server_answers_with_the_pulled_adapter(tuned, tmp_path):
     assert served_adapter != served_base  # training moved the greedy answer
 
 
-def test_bad_data_fails_with_file_and_row(tiny_model, tmp_path):
+def test_bad_data_fails_with_file_and_row(tiny_model, tmp_path, monkeypatch, capsys):
+    """The CLI, in-process: it fails while loading the data, before torch or trl do any work."""
+    from runtime.tuning import main
+
     (tmp_path / "data").mkdir()
     good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     (tmp_path / "data" / "chat.jsonl").write_text(
@@ -348,11 +351,11 @@ def test_bad_data_fails_with_file_and_row(tiny_model, tmp_path):
     )
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     progress = tmp_path / "out" / "progress.json"
-    p = subprocess.run(
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setenv("KAITO_NO_ACCELERATE", "1")  # never re-run pytest under accelerate
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main sets it; restored after
+    rc = main(
         [
-            sys.executable,
-            "-m",
-            "runtime.tuning",
             "--model",
             str(tiny_model),
             "--method",
@@ -365,19 +368,25 @@ def test_bad_data_fails_with_file_and_row(tiny_model, tmp_path):
             str(tmp_path / "out"),
             "--progress-file",
             str(progress),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env_for(tmp_path),
-        timeout=120,
+        ]
     )
-    assert p.returncode == 1
+    assert rc == 1
     state = read_progress(progress)
     assert state["state"] == FAILED and state["phase"] == "loading data"
     assert "chat.jsonl: row 2" in state["error"] and "list of {role, content}" in state["error"]
-    assert logs_of(p.stdout)[-1]["error"] == state["error"]
+    assert logs_of(capsys.readouterr().out)[-1]["error"] == state["error"]
     assert not (tmp_path / "out" / "fine_tuning_completed.txt").exists()
+
+
+def test_model_errors_say_why(tmp_path, monkeypatch):
+    from runtime.tuning import TuningError, resolve_model
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TuningError, match="does not exist"):  # once an uncaught HFValidationError
+        resolve_model(str(tmp_path / "missing"), None, False)
+    with pytest.raises(TuningError, match=r"org/not-cached: not in the Hugging Face cache .*HF_HUB_OFFLINE"):
+        resolve_model("org/not-cached", None, False)
 
 
 # ---- in-process: data shapes and config errors ---------------------------------------------

@@ -5,8 +5,9 @@ library only (it must start in a blink). It:
 
 - appends JSON lines to $FAKE_SGLANG_RECORD: {"argv": [...], "pid": N} at start, {"request": body}
   for every chat completion, {"signal": "SIGTERM"} when asked to stop;
-- prints its arguments, api key included, the way SGLang logs `server_args=...` (so the test can
-  check the launcher redacts them);
+- prints its arguments, api key included, the way SGLang logs `server_args=...`, and, on stdout
+  and stderr, the content of the file $FAKE_SGLANG_SHOW_FILE names (the tests name the API key
+  file: a secret the child can read, which the launcher must redact from what it passes on);
 - on a multi-node rank > 0 (`--node-rank` > 0) opens no HTTP port, like SGLang, and waits;
 - otherwise serves on 127.0.0.1:--port, checking `Authorization: Bearer <--api-key>` like SGLang
   (401 `{"error": "Unauthorized"}`; /health and /metrics open):
@@ -28,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 ARGV = sys.argv[1:]
 RECORD = os.environ.get("FAKE_SGLANG_RECORD")
 READY_FILE = os.environ.get("FAKE_SGLANG_READY_FILE")
+SHOW_FILE = os.environ.get("FAKE_SGLANG_SHOW_FILE")
 
 
 def flag(name: str, default: str | None = None) -> str | None:
@@ -191,6 +193,11 @@ def main() -> None:
         f"server_args=ServerArgs(model_path={flag('--model-path')!r}, port={PORT}, api_key={API_KEY!r})",
         flush=True,
     )
+    if SHOW_FILE:
+        with open(SHOW_FILE, encoding="utf-8") as fh:
+            secret = fh.read()
+        print(f"token from {SHOW_FILE}: {secret}", flush=True)
+        print(f"token from {SHOW_FILE}: {secret}", file=sys.stderr, flush=True)
     if RANK > 0:
         print(f"node rank {RANK}: no HTTP server", flush=True)
         while True:

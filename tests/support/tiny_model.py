@@ -9,6 +9,7 @@ through exactly the code paths a real model does.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 CORPUS = Path(__file__).with_name("tiny_corpus.txt")
@@ -19,15 +20,28 @@ CHAT_TEMPLATE = (
 )
 
 
+_built: dict[tuple[int, int], Path] = {}  # one build per test process; later calls copy it
+
+
 def build_tiny_model(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     """Write a loadable model folder (config, safetensors, tokenizer, chat template) to `out`."""
+    out = Path(out)
+    if (out / "config.json").exists():
+        return out
+    first = _built.get((vocab_size, seed))
+    if first is not None and (first / "config.json").exists():
+        shutil.copytree(first, out, dirs_exist_ok=True)
+        return out
+    _build(out, vocab_size, seed)
+    _built[(vocab_size, seed)] = out
+    return out
+
+
+def _build(out: Path, vocab_size: int, seed: int) -> None:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    out = Path(out)
-    if (out / "config.json").exists():
-        return out
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -75,7 +89,6 @@ def build_tiny_model(out: Path, vocab_size: int = 2048, seed: int = 0) -> Path:
     data = json.loads(tc.read_text())
     data["tokenizer_class"] = "PreTrainedTokenizerFast"
     tc.write_text(json.dumps(data, indent=2))
-    return out
 
 
 if __name__ == "__main__":
