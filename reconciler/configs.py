@@ -161,9 +161,32 @@ class ServerConfig:
         default_factory=dict, compare=False
     )  # e.g. {"context_length": ("vllm", "max-model-len")}
 
-    @property
-    def ok(self) -> bool:
-        return not any(i.severity is Severity.ERROR for i in self.issues)
+    def argv(self) -> list[str]:
+        """The SGLang flags, as command-line arguments (the overrides are laid out by the caller)."""
+        out: list[str] = []
+        for flag, value in self.flags:
+            out.append(f"--{flag}")
+            if isinstance(value, list):
+                out += value
+            elif value is not None:
+                out.append(str(value))
+        return out
+
+    def override_argv(self) -> list[str]:
+        """The pinned overrides as SGLang arguments, for a config the planner never saw."""
+        ov = self.overrides
+        pairs = (
+            ("context-length", ov.context_length),
+            ("mem-fraction-static", ov.mem_fraction_static),
+            ("tp-size", ov.tp),
+            ("pp-size", ov.pp),
+            ("dp-size", ov.dp),
+        )
+        out: list[str] = []
+        for flag, value in pairs:
+            if value is not None:
+                out += [f"--{flag}", f"{value:g}"]
+        return out
 
 
 def _as_int(v: Any) -> int | None:
@@ -487,10 +510,6 @@ class TrainingConfig:
     config: dict  # {"training_config": {...}} merged over the defaults
     issues: tuple[ConfigIssue, ...] = ()
     document: Document | None = field(default=None, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        return not any(i.severity is Severity.ERROR for i in self.issues)
 
     @property
     def output_dir(self) -> str:

@@ -124,21 +124,8 @@ def config_flags(config_file: str | None) -> list[str]:
         raise SystemExit(
             "inference config: " + "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors)
         )
-    out: list[str] = []
-    ov = parsed.overrides
-    for flag, value in (
-        ("context-length", ov.context_length),
-        ("mem-fraction-static", ov.mem_fraction_static),
-    ):
-        if value is not None:
-            out += [f"--{flag}", str(value)]
-    for flag, value in parsed.flags:
-        out.append(f"--{flag}")
-        if isinstance(value, list):
-            out += value
-        elif value is not None:
-            out.append(str(value))
-    return out
+    # after the planner's flags: SGLang's parser keeps the last value, so what the user pinned wins
+    return parsed.override_argv() + parsed.argv()
 
 
 def sglang_command(opts: InferenceOptions, port: int | None = None, api_key: str | None = None) -> list[str]:

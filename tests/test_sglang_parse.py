@@ -45,7 +45,10 @@ def sglang_parse(argvs: list[list[str]], tmp_path: Path) -> list[dict]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-CLUSTER_CONFIG = "sglang:\n  enable-cache-report: true\nvllm:\n  max-num-seqs: 64\n"
+CLUSTER_CONFIG = (
+    "sglang:\n  enable-cache-report: true\nvllm:\n  max-num-seqs: 64\n  tensor-parallel-size: 1\n"
+    "  max-model-len: 2048\n  gpu-memory-utilization: 0.85\n"
+)
 
 
 def to_sglang(container_command: list[str], adapters_dir: Path) -> list[str]:
@@ -59,6 +62,13 @@ def to_sglang(container_command: list[str], adapters_dir: Path) -> list[str]:
     opts, _ = parse(args, env={"POD_INDEX": "1"})
     cmd = sglang_command(opts, api_key="sk-test")
     assert cmd[1:3] == ["-m", "sglang.launch_server"]
+    if "--config-file" in args:  # what the user pinned comes last, so SGLang's parser keeps it
+        last = {cmd[i]: cmd[i + 1] for i in range(len(cmd) - 1) if cmd[i].startswith("--")}
+        assert (last["--context-length"], last["--mem-fraction-static"], last["--tp-size"]) == (
+            "2048",
+            "0.85",
+            "1",
+        )
     return cmd[3:]
 
 

@@ -71,7 +71,7 @@ def runtime_args(
         args += ["--adapters-dir", ADAPTERS_DIR]
     if config_in_cluster:
         args += ["--config-file", f"{CONFIG_DIR}/{INFERENCE_KEY}"]
-    extra = _server_flags(server)
+    extra = server.argv() if server else []
     if extra:
         args += ["--", *extra]
     return args
@@ -108,17 +108,6 @@ def _layout_args(
 
 def _flag_set(server: ServerConfig | None, flag: str) -> bool:
     return bool(server) and any(f == flag for f, _ in server.flags)
-
-
-def _server_flags(server: ServerConfig | None) -> list[str]:
-    out: list[str] = []
-    for flag, value in server.flags if server else ():
-        out.append(f"--{flag}")
-        if isinstance(value, list):
-            out += value
-        elif value is not None:
-            out.append(str(value))
-    return out
 
 
 def _adapter_parts(ws: Workspace, settings: RenderSettings) -> tuple[list[dict], list[dict], list[dict]]:
