@@ -98,10 +98,6 @@ class Sku:
     aliases: tuple[str, ...] = ()
     vendor: str = "nvidia"
 
-    @property
-    def total_gpu_memory_gib(self) -> float:
-        return self.gpu_memory_gib * self.gpu_count
-
 
 @dataclass
 class Catalog:

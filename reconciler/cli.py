@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from . import __version__
 from .findings import format_findings
@@ -177,4 +176,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Path", "main"]
+__all__ = ["main"]

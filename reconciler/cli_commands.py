@@ -147,13 +147,15 @@ def cmd_status(args) -> int:
 
 
 def _add_render_options(p) -> None:
+    from .render.common import DEFAULT_INFERENCE_IMAGE, DEFAULT_TUNING_IMAGE
+
     p.add_argument(
         "--inference-image",
-        default=os.environ.get("KAITO_GITOPS_INFERENCE_IMAGE", "ghcr.io/kaito-gitops/inference:0.1.0"),
+        default=os.environ.get("KAITO_GITOPS_INFERENCE_IMAGE", DEFAULT_INFERENCE_IMAGE),
     )
     p.add_argument(
         "--tuning-image",
-        default=os.environ.get("KAITO_GITOPS_TUNING_IMAGE", "ghcr.io/kaito-gitops/tuning:0.1.0"),
+        default=os.environ.get("KAITO_GITOPS_TUNING_IMAGE", DEFAULT_TUNING_IMAGE),
     )
     p.add_argument(
         "--image-pull-secret",

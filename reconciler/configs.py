@@ -143,6 +143,17 @@ VLLM_REASONING_PARSERS = {
 }
 VLLM_KV_DTYPES = {"auto": "auto", "fp8": "fp8_e4m3", "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2"}
 
+# SGLang flags (and their vLLM spellings) that size the deployment: the planner lays them out
+INTEGER_OVERRIDES = {
+    "context-length": "context_length",
+    "tp-size": "tp",
+    "tensor-parallel-size": "tp",
+    "pp-size": "pp",
+    "pipeline-parallel-size": "pp",
+    "dp-size": "dp",
+    "data-parallel-size": "dp",
+}
+
 KAITO_TOP_LEVEL_IGNORED = {
     "kv_cache_cpu_memory_utilization": "Kaito's LMCache CPU offload is vLLM-only; ignored with SGLang",
     "max_probe_steps": "Kaito's vLLM memory probing is not used with SGLang; ignored",
@@ -202,8 +213,6 @@ def _as_int(v: Any) -> int | None:
 def _as_float(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
-    if isinstance(v, int | float):
-        return float(v)
     try:
         return float(v)
     except (TypeError, ValueError):
@@ -393,6 +402,7 @@ def parse_inference_config(text: str, source: str = INFERENCE_KEY) -> ServerConf
 
     out: list[tuple[str, Any]] = []
     overrides: dict[str, Any] = {}
+    paths: dict[str, tuple] = {}  # where each override was set, to point findings at it
     for flag, (value, path) in flags.items():
         if flag in RESERVED_FLAGS:
             issues.append(
@@ -404,15 +414,8 @@ def parse_inference_config(text: str, source: str = INFERENCE_KEY) -> ServerConf
                 )
             )
             continue
-        if flag in (
-            "context-length",
-            "tp-size",
-            "pp-size",
-            "dp-size",
-            "tensor-parallel-size",
-            "pipeline-parallel-size",
-            "data-parallel-size",
-        ):
+        name = INTEGER_OVERRIDES.get(flag)
+        if name is not None:
             n = _as_int(value)
             if n is None or n < 1:
                 issues.append(
@@ -421,17 +424,8 @@ def parse_inference_config(text: str, source: str = INFERENCE_KEY) -> ServerConf
                     )
                 )
                 continue
-            name = {
-                "context-length": "context_length",
-                "tp-size": "tp",
-                "tensor-parallel-size": "tp",
-                "pp-size": "pp",
-                "pipeline-parallel-size": "pp",
-                "dp-size": "dp",
-                "data-parallel-size": "dp",
-            }[flag]
             overrides[name] = n
-            overrides[name + "_path"] = path
+            paths[name] = path
             continue
         if flag == "mem-fraction-static":
             f = _as_float(value)
@@ -446,20 +440,17 @@ def parse_inference_config(text: str, source: str = INFERENCE_KEY) -> ServerConf
                 )
                 continue
             overrides["mem_fraction_static"] = f
+            paths["mem_fraction_static"] = path
             continue
         include, v = _flag_value(flag, value, path, issues)
         if include:
             out.append((flag, v))
-    ov = Overrides(
-        context_length=overrides.get("context_length"),
-        mem_fraction_static=overrides.get("mem_fraction_static"),
-        tp=overrides.get("tp"),
-        pp=overrides.get("pp"),
-        dp=overrides.get("dp"),
-    )
-    paths = {k[:-5]: v for k, v in overrides.items() if k.endswith("_path")}
     return ServerConfig(
-        overrides=ov, flags=tuple(out), issues=tuple(issues), document=doc, override_paths=paths
+        overrides=Overrides(**overrides),
+        flags=tuple(out),
+        issues=tuple(issues),
+        document=doc,
+        override_paths=paths,
     )
 
 

@@ -14,13 +14,14 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
 
 from .catalog import Sku, load_catalog, sku_from_gpu_labels
 from .findings import Finding
+from .logs import error_text
 from .metrics import Metrics
 from .planning import WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
 from .provisioners.base import Provisioner
@@ -119,9 +120,7 @@ class Daemon:
         self._global_failures = 0
         self._trigger = threading.Event()
         self._stop = threading.Event()
-        self._last_full = 0.0
         self.last_pass: PassResult | None = None
-        self.last_success = 0.0
         self.heartbeat = time.monotonic()
         self.synced = threading.Event()
         self._executor = ThreadPoolExecutor(
@@ -144,10 +143,6 @@ class Daemon:
         self._stop.set()
         self._trigger.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     # -- loading ----------------------------------------------------------------------------
     def _load(self, rev: str) -> None:
         start = time.perf_counter()
@@ -160,7 +155,7 @@ class Daemon:
             cache=self._validation_cache,
             byo_nodes=self.render.byo_nodes,
         )
-        settings = RenderSettings(**{**self.render.__dict__, "revision": rev[:12]})
+        settings = replace(self.render, revision=rev[:12])
         state = plan_revision(validated, settings, byo=self._byo_skus, cache=self._plan_cache)
         present = {ws.key for ws in validated.workspaces if ws.name}
         desired = dict(state.plans)
@@ -175,9 +170,6 @@ class Daemon:
             if key not in present and plan.workspace.path in validated.unreadable_files:
                 desired[key] = plan  # its file cannot be read right now: hold, do not prune
                 present.add(key)
-        for key, plan in state.plans.items():
-            if plan.problems:
-                findings.setdefault(key, [])
         last_good = {k: v for k, v in self.last_good.items() if k in present}
         last_good.update({k: p for k, p in state.plans.items() if not p.problems})
         for key, old in self.desired.items():  # a changed workspace gets a fresh start
@@ -207,7 +199,7 @@ class Daemon:
         )
 
     # -- one pass ---------------------------------------------------------------------------
-    def run_pass(self, full: bool = True) -> PassResult:
+    def run_pass(self) -> PassResult:
         start = time.perf_counter()
         try:
             t = time.perf_counter()
@@ -267,7 +259,7 @@ class Daemon:
                 attempts = self._backoff.get(key, (0, 0.0))[0] + 1
                 delay = min(self.settings.backoff_max, self.settings.backoff_min * 2 ** (attempts - 1))
                 self._backoff[key] = (attempts, time.monotonic() + delay * random.uniform(0.8, 1.0))
-                msg = _error_text(e)
+                msg = error_text(e)
                 result.errors[key] = msg
                 self.metrics.errors.inc()
                 log.warning(
@@ -282,9 +274,7 @@ class Daemon:
         self.metrics.pass_seconds.observe(result.seconds)
         self._count_states()
         self.last_pass = result
-        self.last_success = time.time()
         self.synced.set()
-        self._last_full = time.monotonic() if full else self._last_full
         log.info(
             "pass done",
             revision=rev[:12],
@@ -300,19 +290,16 @@ class Daemon:
             try:
                 callback(self, result)
             except Exception as e:  # a reporter must never stop reconciling
-                log.warning("pass callback failed", error=_error_text(e))
+                log.warning("pass callback failed", error=error_text(e))
         return result
 
     def _size_byo(self) -> None:
         """Bring-your-own nodes: plan with the GPUs their labels report, known only once the cluster is read."""
         if self.validated is None:
             return
-        settings = RenderSettings(**{**self.render.__dict__, "revision": self.revision[:12]})
+        settings = replace(self.render, revision=self.revision[:12])
         for key, plan in list(self.desired.items()):
-            ours = plan.node_pool is not None or (
-                plan.workspace.resource.instance_type and not self.render.byo_nodes
-            )
-            if ours:  # nodes we provision are sized from the catalog
+            if plan.provisioned:  # nodes we provision are sized from the catalog
                 continue
             nodes = self.target.nodes(plan)
             if not nodes or byo_label_problem(nodes):
@@ -401,8 +388,6 @@ class Daemon:
     def _record_error(self, key: WorkspaceKey, msg: str) -> None:
         prev = self.statuses.get(key)
         if prev is not None:
-            from dataclasses import replace
-
             self.statuses[key] = replace(prev, last_error=msg)
         else:
             plan = self.desired.get(key)
@@ -507,7 +492,7 @@ class Daemon:
                     self._global_failures += 1
                     log.error(
                         "pass failed",
-                        error=_error_text(e),
+                        error=error_text(e),
                         failures=self._global_failures,
                         retry_in=round(self._next_wait(), 1),
                     )
@@ -518,21 +503,3 @@ class Daemon:
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.target.close()
-
-
-def _error_text(e: BaseException) -> str:
-    """A one-line, credential-free description of an exception."""
-    from kubernetes.client.exceptions import ApiException
-
-    if isinstance(e, ApiException):
-        import json
-
-        reason = ""
-        try:
-            body = json.loads(e.body or "{}")
-            reason = body.get("message", "")
-        except (ValueError, TypeError):
-            reason = (e.body or "")[:200] if isinstance(e.body, str) else ""
-        return f"Kubernetes API {e.status} {e.reason}: {reason}".strip()
-    text = str(e).splitlines()[0] if str(e) else ""
-    return f"{type(e).__name__}: {text}"[:500]

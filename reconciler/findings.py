@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 
 
@@ -64,39 +64,6 @@ class Finding:
         d = asdict(self)
         d["severity"] = self.severity.value
         return d
-
-
-@dataclass(slots=True)
-class Findings:
-    """An ordered collection of findings with helpers for the common questions."""
-
-    items: list[Finding] = field(default_factory=list)
-
-    def add(self, finding: Finding) -> None:
-        self.items.append(finding)
-
-    def extend(self, findings) -> None:
-        self.items.extend(findings)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.items if f.is_error]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.items if not f.is_error]
-
-    def has_errors(self) -> bool:
-        return any(f.is_error for f in self.items)
-
-    def sorted(self) -> list[Finding]:
-        return sorted(set(self.items), key=lambda f: (f.path, f.line, f.col, f.rule, f.message))
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
 
 
 def format_findings(findings: list[Finding], fmt: str) -> str:

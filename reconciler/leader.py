@@ -15,6 +15,8 @@ import structlog
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .logs import error_text
+
 log = structlog.get_logger("kaito_gitops.leader")
 
 
@@ -142,7 +144,7 @@ class LeaseElector:
                 if held:
                     self._renewed_at = started
             except Exception as e:  # API down: we cannot prove we lead, so we do not
-                log.warning("lease check failed", error=f"{type(e).__name__}: {e}"[:300])
+                log.warning("lease check failed", error=error_text(e))
                 held = False
             if held != self._leader:
                 log.info("leadership changed", leader=held, identity=self.identity)

@@ -14,11 +14,9 @@ Nothing here touches the network; it is a pure function of bytes.
 
 from __future__ import annotations
 
-import datetime
 import math
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,10 +99,6 @@ class LoadedFile:
     path: str
     documents: list[Document]
     findings: list[Finding]
-
-    @property
-    def ok(self) -> bool:
-        return not any(f.is_error for f in self.findings)
 
 
 class _TooBig(Exception):
@@ -313,15 +307,13 @@ class _Builder:
                 value = _plain(ev.value)
             else:
                 value = ev.value
+            if ev.anchor:
+                self.anchors[ev.anchor] = (value, 1)
             path = self._child_path()
             if path is not None:
                 self.positions.values[path] = self._pos(ev.start_mark)
-                if ev.anchor:
-                    self.anchors[ev.anchor] = (value, 1)
                 self._add(value, ev.start_mark)
-            else:
-                if ev.anchor:
-                    self.anchors[ev.anchor] = (value, 1)
+            else:  # a mapping key
                 self._add(value, ev.start_mark, self._key_text(value) if ev.style in (None, "") else ev.value)
         elif kind in ("MappingStartEvent", "SequenceStartEvent"):
             self._grow(1, ev.start_mark)
@@ -350,7 +342,7 @@ class _Builder:
             if frame.anchor:
                 self.open_anchors.discard(frame.anchor)
                 self.anchors[frame.anchor] = (value, self.size - frame.size_at_start)
-            self._add(value, frame.mark, None) if frame.is_key else self._add(value, frame.mark)
+            self._add(value, frame.mark)
         elif kind == "AliasEvent":
             if ev.anchor in self.open_anchors:
                 raise _TooBig(ev.start_mark, f"alias *{ev.anchor} refers to itself (a recursive alias)")
@@ -494,30 +486,3 @@ def load_text(path: str, raw: bytes, max_bytes: int = MAX_FILE_BYTES) -> LoadedF
             )
             skipping = True
     return LoadedFile(path, docs, findings)
-
-
-def iter_yaml_files(root, pattern_exts=(".yaml", ".yml")) -> Iterator:
-    """Yield YAML files below `root` in a stable order, skipping hidden folders."""
-    from pathlib import Path as P
-
-    root = P(root)
-    if root.is_file():
-        yield root
-        return
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).parts
-        if any(part.startswith(".") for part in rel[:-1]):
-            continue
-        if p.suffix in pattern_exts and p.is_file():
-            yield p
-
-
-def to_jsonable(value: Any) -> Any:
-    """Dates and other YAML-only scalars become text, so data can go to JSON."""
-    if isinstance(value, dict):
-        return {k: to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, datetime.date | datetime.datetime):
-        return value.isoformat()
-    return value

@@ -61,3 +61,22 @@ def configure(json_lines: bool, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),
         cache_logger_on_first_use=False,
     )
+
+
+def error_text(e: BaseException) -> str:
+    """A one-line description of an exception for logs and status (a Kubernetes error by its message,
+    not its headers), with anything that looks like a credential masked."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(e, ApiException):
+        import json
+
+        reason = ""
+        try:
+            body = json.loads(e.body or "{}")
+            reason = body.get("message", "")
+        except (ValueError, TypeError):
+            reason = (e.body or "")[:200] if isinstance(e.body, str) else ""
+        return mask(f"Kubernetes API {e.status} {e.reason}: {reason}".strip())
+    text = str(e).splitlines()[0] if str(e) else ""
+    return mask(f"{type(e).__name__}: {text}"[:500])

@@ -30,9 +30,5 @@ def dump(obj: dict) -> str:
     return buf.getvalue()
 
 
-def dump_all(objs: list[dict]) -> str:
-    return "---\n".join(dump(o) for o in objs)
-
-
 def file_name(obj: dict) -> str:
     return f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"

@@ -7,7 +7,7 @@ pull-request review shows it, and `kaito-gitops plan/render` print or write it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .catalog import Catalog, Model, Sku, load_catalog
 from .configs import TRAINING_KEY, merge_training_config, server_config_for
@@ -26,13 +26,14 @@ class WorkspacePlan:
     model: Model | None
     sku: Sku | None
     sizing: InferenceSizing | TuningSizing | None
-    node_pool: NodePoolSpec | None  # None: bring your own nodes
+    node_pool: NodePoolSpec | None  # None: bring your own nodes (or no catalog size to provision)
     objects: tuple[dict, ...]  # in apply order
     nodes: int
     gpus_per_node: int
     command: tuple[str, ...]
     notes: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()  # why this workspace cannot be applied as planned
+    provisioned: bool = False  # we provide its nodes (an instanceType, and not bring-your-own)
 
     @property
     def key(self) -> WorkspaceKey:
@@ -62,7 +63,6 @@ class WorkspacePlan:
 @dataclass
 class DesiredState:
     plans: dict[WorkspaceKey, WorkspacePlan] = field(default_factory=dict)
-    revision: str = ""
 
     @property
     def gpus(self) -> int:
@@ -162,6 +162,7 @@ def plan_workspace(
         command=tuple(command_source),
         notes=tuple(dict.fromkeys(notes)),
         problems=tuple(problems),
+        provisioned=provisioned,
     )
 
 
@@ -186,14 +187,9 @@ def plan_cache_key(
     cms = {
         n: (configmaps[(ws.namespace, n)].data if (ws.namespace, n) in configmaps else None) for n in names
     }
-    images = (
-        settings.inference_image,
-        settings.tuning_image,
-        settings.image_pull_secrets,
-        settings.byo_nodes,
-    )
+    unrevised = repr(replace(settings, revision=""))  # every setting counts, whatever is added later
     return json.dumps(
-        [ws.path, ws.namespace, ws.document.data, cms, images, repr(byo_sku)], sort_keys=True, default=str
+        [ws.path, ws.namespace, ws.document.data, cms, unrevised, repr(byo_sku)], sort_keys=True, default=str
     )
 
 
@@ -212,7 +208,7 @@ def plan_revision(
     """
     catalog = catalog or load_catalog()
     settings = settings or RenderSettings()
-    state = DesiredState(revision=settings.revision)
+    state = DesiredState()
     used: dict[str, WorkspacePlan] = {}
     for key, ws in sorted(rev.valid_workspaces().items()):
         byo_sku = (byo or {}).get(key)

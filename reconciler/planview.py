@@ -7,7 +7,6 @@ import shlex
 
 from .plandiff import PlanDiff, WorkspaceChange
 from .planning import WorkspacePlan
-from .sizing import InferenceSizing, TuningSizing
 
 SIGN = {"add": "+", "change": "~", "replace": "-/+", "remove": "-", "unchanged": "="}
 OBJ_SIGN = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "unchanged": "="}
@@ -41,17 +40,7 @@ def hardware_line(p: WorkspacePlan) -> str:
 
 
 def sizing_line(p: WorkspacePlan) -> str | None:
-    s = p.sizing
-    if isinstance(s, InferenceSizing):
-        return (
-            f"SGLang tp={s.tp} pp={s.pp} dp={s.dp}, {s.dtype}, context {s.context_length:,}, "
-            f"mem-fraction-static {s.mem_fraction_static:g}; weights {s.weights_gib_per_gpu:.1f} GiB/GPU, "
-            f"KV cache {s.kv_gib_per_gpu:.1f} GiB/GPU = {s.kv_tokens:,} tokens "
-            f"({s.full_context_requests:.1f} full-context requests)"
-        )
-    if isinstance(s, TuningSizing):
-        return s.describe()
-    return None
+    return p.sizing.describe() if p.sizing is not None else None
 
 
 def model_line(p: WorkspacePlan) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sys
 import time
 
 import structlog
@@ -41,7 +40,7 @@ def build_target(cfg: RunConfig, api_client=None):
     return KubernetesTarget(api_client or kube_client(cfg))
 
 
-def build_provisioner(cfg: RunConfig, api_client=None):
+def build_provisioner(cfg: RunConfig):
     if cfg.provisioner == "aks":
         from .provisioners.aks import AksProvisioner
 
@@ -83,7 +82,7 @@ def build_daemon(cfg: RunConfig, api_client=None):
     if cfg.target == "kubernetes" and api_client is None:
         api_client = kube_client(cfg)
     target = build_target(cfg, api_client)
-    provisioner = build_provisioner(cfg, api_client)
+    provisioner = build_provisioner(cfg)
     return Daemon(source, target, provisioner, settings, render)
 
 
@@ -212,6 +211,3 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="the daemon: watch a git repository and reconcile its workspaces")
     add_arguments(p)
     p.set_defaults(func=cmd_run)
-
-
-__all__ = ["sys"]

@@ -17,6 +17,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
+from .render.common import DEFAULT_INFERENCE_IMAGE, DEFAULT_TUNING_IMAGE
+
 ENV_PREFIX = "KAITO_GITOPS_"
 
 
@@ -64,8 +66,8 @@ class RunConfig:
     lease_name: str = "kaito-gitops-leader"
     log_format: str = "json"
     log_level: str = "info"
-    inference_image: str = "ghcr.io/kaito-gitops/inference:0.1.0"
-    tuning_image: str = "ghcr.io/kaito-gitops/tuning:0.1.0"
+    inference_image: str = DEFAULT_INFERENCE_IMAGE
+    tuning_image: str = DEFAULT_TUNING_IMAGE
     image_pull_secret: list[str] = field(default_factory=list)
     # AKS node provisioning
     aks_subscription: str = ""

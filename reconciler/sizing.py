@@ -34,8 +34,7 @@ How the GPUs are split, which is where we do better than Kaito's estimator:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .catalog import GIB, Model, Sku
 
@@ -116,19 +115,15 @@ class InferenceSizing:
     notes: tuple[str, ...] = ()
 
     @property
-    def gpus(self) -> int:
-        return self.nodes * self.gpus_per_node
-
-    @property
     def full_context_requests(self) -> float:
         """How many requests of full context length fit in one replica's KV cache at once."""
         return self.kv_tokens / self.context_length
 
     def describe(self) -> str:
         return (
-            f"{self.nodes} node(s) x {self.gpus_per_node} GPU; tp={self.tp} pp={self.pp} dp={self.dp}; "
-            f"{self.dtype}; context {self.context_length:,}; weights {self.weights_gib_per_gpu:.1f} GiB/GPU; "
-            f"KV {self.kv_gib_per_gpu:.1f} GiB/GPU = {self.kv_tokens:,} tokens "
+            f"SGLang tp={self.tp} pp={self.pp} dp={self.dp}, {self.dtype}, context {self.context_length:,}, "
+            f"mem-fraction-static {self.mem_fraction_static:g}; weights {self.weights_gib_per_gpu:.1f} GiB/GPU, "
+            f"KV cache {self.kv_gib_per_gpu:.1f} GiB/GPU = {self.kv_tokens:,} tokens "
             f"({self.full_context_requests:.1f} full-context requests)"
         )
 
@@ -136,13 +131,9 @@ class InferenceSizing:
 @dataclass(frozen=True, slots=True)
 class DoesNotFit:
     reason: str
-    notes: tuple[str, ...] = field(default=())
     # memory | hardware | parallelism | context; and which override caused it, if one did
     kind: str = "memory"
     override: str | None = None
-
-    def describe(self) -> str:
-        return f"does not fit: {self.reason}"
 
 
 def _kv_bytes_per_token_per_gpu(model: Model, tp: int, pp: int) -> float:
@@ -224,7 +215,7 @@ def size_inference(
 
     tps = valid_tensor_parallel(model, G)
     if overrides.tp:
-        if overrides.tp not in valid_tensor_parallel(model, max(overrides.tp, G)) or overrides.tp > G:
+        if overrides.tp not in tps:
             return DoesNotFit(
                 f"tensor parallel {overrides.tp} is not possible: it must divide {model.name}'s "
                 f"{a.attention_heads} attention heads and its {a.kv_heads} KV heads, and fit in one node's {G} GPUs "
@@ -402,19 +393,13 @@ def size_tuning(
     )
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 __all__ = [
     "DoesNotFit",
     "InferenceSizing",
     "Overrides",
     "TuningSizing",
-    "ceil_div",
     "compute_dtype",
     "default_mem_fraction",
-    "math",
     "size_inference",
     "size_tuning",
     "startup_seconds",

@@ -8,7 +8,7 @@ ResourceReady / InferenceReady / JobStarted / WorkspaceSucceeded with Kaito's re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 MESSAGE_LIMIT = 256  # Kaito truncates condition messages to 256 characters
 
@@ -308,6 +308,3 @@ def failed_status(kind: str, message: str) -> WorkspaceStatus:
         ),
         last_error=message,
     )
-
-
-__all__ = ["field"]

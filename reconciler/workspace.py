@@ -14,7 +14,6 @@ from typing import Any
 
 from .loading import Document
 
-API_VERSIONS = ("kaito.sh/v1alpha1", "kaito.sh/v1beta1")
 V1ALPHA1_DEFAULT_INSTANCE_TYPE = "Standard_NC24ads_A100_v4"
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ..catalog import BYO_PREFIX
+from ..catalog import BYO_PREFIX, GFD_COUNT, GFD_MEMORY, GFD_PRODUCT
 from ..planning import WorkspacePlan
 from ..status import NodeState, ResourceStatus
 
 WorkspaceKey = tuple[str, str]
 
 
-GFD = ("nvidia.com/gpu.product", "nvidia.com/gpu.count", "nvidia.com/gpu.memory")
+GFD = (GFD_PRODUCT, GFD_COUNT, GFD_MEMORY)  # what sizes a bring-your-own node
 
 
 def byo_label_problem(nodes: list[NodeState]) -> str:

@@ -21,12 +21,16 @@ ANNOTATION_OBJECT_HASH = "kaito-gitops.io/object-hash"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
+DEFAULT_INFERENCE_IMAGE = "ghcr.io/kaito-gitops/inference:0.1.0"
+DEFAULT_TUNING_IMAGE = "ghcr.io/kaito-gitops/tuning:0.1.0"
+
+
 @dataclass(frozen=True)
 class RenderSettings:
     """Deployment-wide choices the planner needs; the daemon takes them from its config."""
 
-    inference_image: str = "ghcr.io/kaito-gitops/inference:0.1.0"
-    tuning_image: str = "ghcr.io/kaito-gitops/tuning:0.1.0"
+    inference_image: str = DEFAULT_INFERENCE_IMAGE
+    tuning_image: str = DEFAULT_TUNING_IMAGE
     image_pull_secrets: tuple[str, ...] = ()
     revision: str = ""  # git revision the workspace was read at
     # The cluster's GPU nodes are the user's (provisioner "none"), as with Kaito's
@@ -43,14 +47,14 @@ def selector_labels(ws: Workspace) -> dict[str, str]:
     return {LABEL_WORKSPACE: ws.name}
 
 
-def metadata(ws: Workspace, name: str, settings: RenderSettings, extra_labels: dict | None = None) -> dict:
+def metadata(ws: Workspace, name: str, settings: RenderSettings) -> dict:
     annotations = {ANNOTATION_SPEC_HASH: ws.spec_hash[:16], ANNOTATION_SOURCE: ws.path}
     if settings.revision:
         annotations[ANNOTATION_REVISION] = settings.revision
     return {
         "name": name,
         "namespace": ws.namespace,
-        "labels": {**ownership_labels(ws), **(extra_labels or {})},
+        "labels": ownership_labels(ws),
         "annotations": annotations,
     }
 

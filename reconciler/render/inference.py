@@ -23,6 +23,7 @@ from .common import (
     hf_token_env,
     metadata,
     node_affinity,
+    ownership_labels,
     selector_labels,
 )
 
@@ -213,7 +214,7 @@ def render(
         pod_spec = _preset_pod(
             ws, model, sizing, server, settings, provisioned, gpus_per_node, nodes, config_in_cluster, startup
         )
-    template_labels = {**metadata(ws, ws.name, settings)["labels"], **sel}
+    template_labels = ownership_labels(ws)  # includes the selector labels
     statefulset = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

@@ -67,20 +67,19 @@ def node_pool(ws: Workspace, sku: Sku, nodes: int, model: Model | None) -> NodeP
         LABEL_MANAGED_BY: MANAGED_BY,
         "kaito.sh/machine-type": "gpu",
     }
-    disk = min(model.disk_gib, MAX_OS_DISK_GB) if model else 256
-    spec = NodePoolSpec(
+    disk = max(min(model.disk_gib, MAX_OS_DISK_GB) if model else 256, 128)
+    sku_name, taints, os = sku.name, (TAINT,), os_sku(ws)
+    # the pool's shape, as a tag: a pool whose tag differs was made for another plan
+    digest = hashlib.sha256(
+        repr((sku_name, nodes, sorted(labels.items()), taints, disk, os)).encode()
+    ).hexdigest()[:12]
+    return NodePoolSpec(
         name=pool_name(ws.namespace, ws.name),
-        vm_size=sku.name,
+        vm_size=sku_name,
         count=nodes,
         labels=labels,
-        taints=(TAINT,),
-        os_disk_gb=max(disk, 128),
-        os_sku=os_sku(ws),
-        tags={TAG_WORKSPACE: f"{ws.namespace}/{ws.name}", TAG_MANAGED_BY: MANAGED_BY},
+        taints=taints,
+        os_disk_gb=disk,
+        os_sku=os,
+        tags={TAG_WORKSPACE: f"{ws.namespace}/{ws.name}", TAG_MANAGED_BY: MANAGED_BY, TAG_SPEC: digest},
     )
-    digest = hashlib.sha256(
-        repr(
-            (spec.vm_size, spec.count, sorted(labels.items()), spec.taints, spec.os_disk_gb, spec.os_sku)
-        ).encode()
-    ).hexdigest()[:12]
-    return NodePoolSpec(**{**spec.__dict__, "tags": {**spec.tags, TAG_SPEC: digest}})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -22,6 +22,7 @@ from githubkit import AppAuthStrategy, AppInstallationAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import RateLimitExceeded, RequestFailed
 
+from ..logs import error_text
 from ..plandiff import diff_states
 from ..planning import plan_revision
 from ..render.common import RenderSettings
@@ -145,7 +146,7 @@ class GitHubReviewer:
             except (RequestFailed, SourceError) as e:
                 log.warning("review failed", pr=number, error=str(e)[:300])
             except Exception as e:  # never let one pull request stop the reviewer
-                log.warning("review failed", pr=number, error=f"{type(e).__name__}: {e}"[:300])
+                log.warning("review failed", pr=number, error=error_text(e))
 
     def poll(self) -> None:
         """The fallback for missed webhooks: review every open pull request whose head moved."""
@@ -205,7 +206,7 @@ class GitHubReviewer:
             max_file_bytes=self.max_file_bytes,
             byo_nodes=self.render.byo_nodes,
         )
-        settings = RenderSettings(**{**self.render.__dict__, "revision": head[:12]})
+        settings = replace(self.render, revision=head[:12])
         diff = diff_states(plan_revision(base_rev, settings), plan_revision(head_rev, settings))
         repo_html = pr["base"]["repo"]["html_url"]
         findings = head_rev.findings

@@ -10,6 +10,7 @@ import threading
 
 import structlog
 
+from ..logs import error_text
 from .statusgit import StatusWriter
 from .statusview import status_files
 
@@ -66,7 +67,7 @@ class StatusReporter:
                         attempts=result.attempts,
                     )
             except Exception as e:  # keep going: the next pass retries with fresh data
-                self.last_error = f"{type(e).__name__}: {e}"[:300]
+                self.last_error = error_text(e)
                 log.warning("status commit failed", error=self.last_error)
             finally:
                 with self._cond:

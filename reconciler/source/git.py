@@ -13,7 +13,6 @@ import hashlib
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -135,7 +134,6 @@ class GitSource:
             cache.mkdir(parents=True, exist_ok=True)
             self.repo = git.Repo.init(cache, bare=True) if not (cache / "HEAD").exists() else git.Repo(cache)
         self.display = redact_url(self.url)
-        self.last_fetch_seconds = 0.0
         self._blobs: dict[str, bytes] = {}  # content of blobs read at earlier revisions
 
     # ------------------------------------------------------------------------------------
@@ -167,7 +165,6 @@ class GitSource:
     def sync(self) -> str:
         """Make the newest revision of the branch available locally; return its sha."""
         with self._lock:
-            start = time.perf_counter()
             head = self.remote_head()
             if not self.local:
                 try:
@@ -178,7 +175,6 @@ class GitSource:
                     # shallow only the first time: later fetches bring every new commit, so that
                     # "does the loaded revision contain this merge?" has the history to answer
                     self.fetch(f"+refs/heads/{self.branch}:{self._tracking_ref}", shallow=not have)
-            self.last_fetch_seconds = time.perf_counter() - start
             return head
 
     def fetch(self, refspec: str, shallow: bool = True) -> None:

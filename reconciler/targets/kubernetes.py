@@ -132,7 +132,6 @@ class KubernetesTarget:
         # asks several times a pass (sizing, provisioning, observing)
         self._matching: dict[frozenset, list[NodeState]] = {}
         self.log_tail_lines = log_tail_lines
-        self.list_calls = 0
 
     # -- plumbing ---------------------------------------------------------------------
     def _api(self, cls: type):
@@ -159,7 +158,6 @@ class KubernetesTarget:
             data = _json(
                 method(label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout)
             )
-            self.list_calls += 1
             for item in data.get("items", []):
                 md = item["metadata"]
                 labels = md.get("labels") or {}
@@ -175,7 +173,6 @@ class KubernetesTarget:
             )
         )
         nodes_data = _json(core.list_node(_preload_content=False, _request_timeout=self.timeout))
-        self.list_calls += 2
         pods: dict[WorkspaceKey, list[dict]] = {}
         for p in pods_data.get("items", []):
             labels = p["metadata"].get("labels") or {}

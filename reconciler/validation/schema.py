@@ -11,7 +11,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from ..catalog import schema_text
-from ..findings import Finding, Severity
+from ..findings import Finding
 from ..loading import Document
 
 
@@ -142,4 +142,4 @@ def check_schema(doc: Document) -> list[Finding]:
     return findings
 
 
-__all__ = ["Severity", "check_schema", "workspace_schema"]
+__all__ = ["check_schema", "workspace_schema"]
