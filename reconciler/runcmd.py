@@ -127,8 +127,39 @@ def attach_reporters(daemon, cfg: RunConfig) -> list:
     return out
 
 
-def serve(daemon, cfg: RunConfig, extras: list) -> int:
+def ops_server(daemon, address: tuple[str, int], *, is_leader=lambda: True, receiver=None, reviewers=()):
+    """The ops server as `run` wires it to `daemon` (not started yet).
+
+    /healthz fails once the loop has not turned for max(5 min, 5 intervals); /readyz is the Lease
+    holder after its first pass; a push to the daemon's branch (or one without a ref) pokes the
+    daemon; pull-request events go to the reviewers.
+    """
     from .server import OpsServer
+
+    branch_ref = f"refs/heads/{daemon.source.branch}"
+
+    def on_push(event) -> None:
+        if event.ref in ("", branch_ref):
+            daemon.poke()
+
+    def on_pr(event) -> None:
+        for r in reviewers:
+            r.on_pull_request(event)
+
+    stall = max(300.0, 5 * daemon.settings.interval)
+    return OpsServer(
+        host=address[0],
+        port=address[1],
+        metrics_text=daemon.metrics.text,
+        healthy=lambda: time.monotonic() - daemon.heartbeat < stall,
+        ready=lambda: is_leader() and daemon.synced.is_set(),
+        receiver=receiver,
+        on_push=on_push,
+        on_pull_request=on_pr,
+    )
+
+
+def serve(daemon, cfg: RunConfig, extras: list) -> int:
     from .source.webhook import WebhookReceiver
 
     elector = None
@@ -149,25 +180,8 @@ def serve(daemon, cfg: RunConfig, extras: list) -> int:
         secret = cfg.webhook_secret
         receiver = WebhookReceiver(secret) if secret else None
         reviewers = [x for x in extras if hasattr(x, "on_pull_request")]
-
-        def on_push(event) -> None:
-            if event.ref in ("", f"refs/heads/{cfg.branch}"):
-                daemon.poke()
-
-        def on_pr(event) -> None:
-            for r in reviewers:
-                r.on_pull_request(event)
-
-        stall = max(300.0, 5 * cfg.interval)
-        server = OpsServer(
-            host=address[0],
-            port=address[1],
-            metrics_text=daemon.metrics.text,
-            healthy=lambda: time.monotonic() - daemon.heartbeat < stall,
-            ready=lambda: is_leader() and daemon.synced.is_set(),
-            receiver=receiver,
-            on_push=on_push,
-            on_pull_request=on_pr,
+        server = ops_server(
+            daemon, address, is_leader=is_leader, receiver=receiver, reviewers=reviewers
         ).start()
         log.info("listening", address=f"{address[0]}:{server.port}", webhook=receiver is not None)
 

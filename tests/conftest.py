@@ -9,6 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+pytest_plugins = ["doubles.kube_fixtures"]  # kube_api and kube_client for every test module
+
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -46,3 +48,24 @@ def validate():
         return validate_sources([(p, t.encode()) for p, t in files.items()], **kw)
 
     return run
+
+
+@pytest.fixture
+def git_remote(tmp_path):
+    """A bare repository served by `git daemon` on 127.0.0.1 (its git:// `url`) and a clone to push
+    from; `git_remote.daemon.stop()` / `.start()` take the server away and bring it back."""
+    from support.gitserver import GitDaemon, GitRemote
+
+    daemon = GitDaemon(tmp_path / "served").start()
+    try:
+        yield GitRemote(tmp_path / "served", daemon=daemon)
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """A real docker-registry on 127.0.0.1 with basic auth (user `kaito`), shared by the session."""
+    from support.registry import auth_registry_session
+
+    yield from auth_registry_session(tmp_path_factory)

@@ -5,42 +5,25 @@ Kubernetes-specific behaviour (server-side apply, drift, API faults) is in test_
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
-from support.gitserver import GitDaemon, GitRemote
+from support.gitserver import GitRemote
+from support.net import free_port, http_status
+from support.serving import serving
+from support.wait import wait_until
+from support.webhooks import deliver
+from support.workspaces import smol_ws
 
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.provisioners.none import NoneProvisioner
 from reconciler.runconfig import duration
 from reconciler.source.git import GitAuth, GitSource, SourceError, redact_url
 from reconciler.targets.render import RenderTarget
-
-ROOT = Path(__file__).resolve().parent.parent
-SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
-
-
-def ws(name: str, preset: str = "smollm2-135m-instruct") -> str:
-    return SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("smollm2-135m-instruct", preset)
-
-
-@pytest.fixture
-def gitd(tmp_path):
-    d = GitDaemon(tmp_path / "served").start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def remote(tmp_path, gitd):
-    r = GitRemote(tmp_path / "served", "gitops.git", daemon=None)
-    # serve the bare repository through git:// (the daemon's base path is tmp/served)
-    r.url = gitd.url("remotes/gitops.git")
-    return r
 
 
 def make_daemon(remote, tmp_path, **kw) -> Daemon:
@@ -54,27 +37,27 @@ def rendered(tmp_path) -> set[str]:
     return {str(p.relative_to(out)) for p in out.rglob("*.yaml")}
 
 
-def test_push_is_rendered_and_an_unchanged_revision_does_no_work(remote, tmp_path):
-    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
-    d = make_daemon(remote, tmp_path)
+def test_push_is_rendered_and_an_unchanged_revision_does_no_work(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a"), "workspaces/b.yaml": smol_ws("b")})
+    d = make_daemon(git_remote, tmp_path)
     r1 = d.run_pass()
     assert r1.changed and r1.writes == 6 and not r1.errors
     assert {"default/a/statefulset-a.yaml", "default/b/service-b.yaml"} <= rendered(tmp_path)
     r2 = d.run_pass()
     assert not r2.changed and r2.writes == 0
     assert d.statuses[("default", "a")].state == "Rendered"
-    remote.write({"workspaces/b.yaml": None}, "remove b")
+    git_remote.write({"workspaces/b.yaml": None}, "remove b")
     r3 = d.run_pass()
     assert r3.changed and r3.removed == [("default", "b")]
     assert not any(p.startswith("default/b/") for p in rendered(tmp_path))
 
 
-def test_invalid_revision_keeps_the_last_good_state_and_reports(remote, tmp_path):
-    remote.write({"workspaces/a.yaml": ws("a")})
-    d = make_daemon(remote, tmp_path)
+def test_invalid_revision_keeps_the_last_good_state_and_reports(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")})
+    d = make_daemon(git_remote, tmp_path)
     d.run_pass()
     before = (tmp_path / "out/default/a/statefulset-a.yaml").read_text()
-    remote.write({"workspaces/a.yaml": ws("a", preset="no-such-model")}, "typo")
+    git_remote.write({"workspaces/a.yaml": smol_ws("a", preset="no-such-model")}, "typo")
     r = d.run_pass()
     assert r.changed and r.writes == 0 and not r.removed
     assert (tmp_path / "out/default/a/statefulset-a.yaml").read_text() == before
@@ -83,41 +66,41 @@ def test_invalid_revision_keeps_the_last_good_state_and_reports(remote, tmp_path
     assert "still running the last good version" in report.status.last_error
 
 
-def test_unreadable_file_is_held_not_pruned(remote, tmp_path):
-    remote.write({"workspaces/a.yaml": ws("a"), "workspaces/b.yaml": ws("b")})
-    d = make_daemon(remote, tmp_path)
+def test_unreadable_file_is_held_not_pruned(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a"), "workspaces/b.yaml": smol_ws("b")})
+    d = make_daemon(git_remote, tmp_path)
     d.run_pass()
-    remote.write({"workspaces/b.yaml": "apiVersion: [broken\n"}, "oops")
+    git_remote.write({"workspaces/b.yaml": "apiVersion: [broken\n"}, "oops")
     r = d.run_pass()
     assert not r.removed
     assert "default/b/statefulset-b.yaml" in rendered(tmp_path)
 
 
-def test_a_restarted_daemon_never_prunes_a_workspace_that_is_invalid_now(remote, tmp_path):
-    remote.write({"workspaces/a.yaml": ws("a")})
-    make_daemon(remote, tmp_path).run_pass()
-    remote.write({"workspaces/a.yaml": ws("a", preset="typo")}, "break it")
-    fresh = make_daemon(remote, tmp_path)  # no memory of the last good state
+def test_a_restarted_daemon_never_prunes_a_workspace_that_is_invalid_now(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")})
+    make_daemon(git_remote, tmp_path).run_pass()
+    git_remote.write({"workspaces/a.yaml": smol_ws("a", preset="typo")}, "break it")
+    fresh = make_daemon(git_remote, tmp_path)  # no memory of the last good state
     r = fresh.run_pass()
     assert not r.removed and ("default", "a") in r.held
     assert "default/a/statefulset-a.yaml" in rendered(tmp_path)
 
 
-def test_zero_workspaces_does_not_prune_everything_unless_allowed(remote, tmp_path):
-    remote.write({"workspaces/a.yaml": ws("a")})
-    make_daemon(remote, tmp_path).run_pass()
-    remote.write({"workspaces/a.yaml": None, "workspaces/README.md": "moved"}, "empty")
-    guarded = make_daemon(remote, tmp_path).run_pass()
+def test_zero_workspaces_does_not_prune_everything_unless_allowed(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")})
+    make_daemon(git_remote, tmp_path).run_pass()
+    git_remote.write({"workspaces/a.yaml": None, "workspaces/README.md": "moved"}, "empty")
+    guarded = make_daemon(git_remote, tmp_path).run_pass()
     assert not guarded.removed and ("default", "a") in guarded.held
-    allowed = make_daemon(remote, tmp_path, allow_empty_prune=True).run_pass()
+    allowed = make_daemon(git_remote, tmp_path, allow_empty_prune=True).run_pass()
     assert allowed.removed == [("default", "a")]
 
 
-def test_one_bad_workspace_does_not_block_the_others(remote, tmp_path):
-    files = {f"workspaces/w{i}.yaml": ws(f"w{i}") for i in range(5)}
-    files["workspaces/bad.yaml"] = ws("bad", preset="nope")
-    remote.write(files)
-    d = make_daemon(remote, tmp_path)
+def test_one_bad_workspace_does_not_block_the_others(git_remote, tmp_path):
+    files = {f"workspaces/w{i}.yaml": smol_ws(f"w{i}") for i in range(5)}
+    files["workspaces/bad.yaml"] = smol_ws("bad", preset="nope")
+    git_remote.write(files)
+    d = make_daemon(git_remote, tmp_path)
     r = d.run_pass()
     assert not r.errors
     assert sum(1 for p in rendered(tmp_path) if p.endswith("statefulset-" + p.split("/")[1] + ".yaml")) == 5
@@ -125,8 +108,8 @@ def test_one_bad_workspace_does_not_block_the_others(remote, tmp_path):
     assert bad.status.state == "NotReady" and bad.errors
 
 
-def test_unreachable_remote_raises_a_clean_error(tmp_path, gitd):
-    source = GitSource(f"git://127.0.0.1:{gitd.port + 1}/nothing.git", "main", tmp_path / "cache")
+def test_unreachable_remote_raises_a_clean_error(tmp_path):
+    source = GitSource(f"git://127.0.0.1:{free_port()}/nothing.git", "main", tmp_path / "cache")
     with pytest.raises(SourceError) as e:
         source.sync()
     assert "git ls-remote" in str(e.value)
@@ -139,7 +122,9 @@ def test_credentials_stay_out_of_urls_and_messages(tmp_path):
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     env = GitAuth(token_file=str(token)).env()
-    assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader" and "s3cret" not in env["GIT_CONFIG_VALUE_0"]
+    assert env["GIT_CONFIG_KEY_0"] == "http.extraHeader"
+    scheme, _, credentials = env["GIT_CONFIG_VALUE_0"].removeprefix("Authorization: ").partition(" ")
+    assert (scheme, base64.b64decode(credentials, validate=True)) == ("Basic", b"x-access-token:s3cret-token")
 
 
 def test_durations():
@@ -154,61 +139,42 @@ def test_durations():
         duration("5 minutes")
 
 
-def test_webhook_triggers_a_pass_and_bad_signatures_do_not(remote, tmp_path):
-    from support.webhooks import deliver
-
-    from reconciler.server import OpsServer
-    from reconciler.source.webhook import WebhookReceiver
-
-    remote.write({"workspaces/a.yaml": ws("a")})
-    d = make_daemon(remote, tmp_path, interval=3600)
+def test_webhook_triggers_a_pass_and_bad_signatures_do_not(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")})
+    d = make_daemon(git_remote, tmp_path, interval=3600)
     secret = b"webhook-secret"
-    server = OpsServer(
-        host="127.0.0.1",
-        port=0,
-        metrics_text=d.metrics.text,
-        healthy=lambda: True,
-        ready=lambda: d.synced.is_set(),
-        receiver=WebhookReceiver(secret),
-        on_push=lambda e: d.poke(),
-    ).start()
-    loop = threading.Thread(target=d.run_forever, daemon=True)
-    loop.start()
-    try:
-        _wait(lambda: d.last_pass is not None)
-        url = f"http://127.0.0.1:{server.port}"
-        sha = remote.write({"workspaces/b.yaml": ws("b")}, "add b")
+    leader = threading.Event()
+    with serving(d, secret=secret, is_leader=leader.is_set) as url:
+        assert http_status(url + "/readyz") == 503, "not the leader, no pass yet"
+        leader.set()
+        d.poke()
+        wait_until(lambda: d.last_pass is not None, what="the first pass")
+        assert http_status(url + "/readyz") == 200
+        sha = git_remote.write({"workspaces/b.yaml": smol_ws("b")}, "add b")
         body = json.dumps(
             {"ref": "refs/heads/main", "after": sha, "repository": {"full_name": "o/r"}}
         ).encode()
+        other_branch = json.dumps(
+            {"ref": "refs/heads/feature", "after": sha, "repository": {"full_name": "o/r"}}
+        ).encode()
         assert deliver(url + "/webhook", body, "push", b"wrong-secret") == 401
         assert deliver(url + "/webhook", body, "push", None) == 401
+        assert deliver(url + "/webhook", other_branch, "push", secret) == 202
         time.sleep(0.5)
-        assert d.revision != sha, "an unsigned delivery triggers nothing"
+        assert d.revision != sha, "an unsigned delivery or another branch's push triggers nothing"
         assert deliver(url + "/webhook", body, "push", secret, delivery="d-1") == 202
-        _wait(lambda: d.revision == sha and "default/b/statefulset-b.yaml" in rendered(tmp_path))
+        wait_until(
+            lambda: d.revision == sha and "default/b/statefulset-b.yaml" in rendered(tmp_path), what="b"
+        )
         assert deliver(url + "/webhook", body, "push", secret, delivery="d-1") == 200  # redelivery: deduped
         big = b"{" + b" " * (6 * 1024 * 1024) + b"}"
         assert deliver(url + "/webhook", big, "push", secret) == 413
-        with urllib.request.urlopen(url + "/healthz") as r:
-            assert r.status == 200
+        assert http_status(url + "/healthz") == 200
         with urllib.request.urlopen(url + "/metrics") as r:
             text = r.read().decode()
         assert "kaito_gitops_pass_duration_seconds_count" in text and "kaito_gitops_applies_total" in text
-    finally:
-        d.stop()
-        loop.join(10)
-        server.stop()
-        d.close()
-
-
-def _wait(cond, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+        leader.clear()
+        assert http_status(url + "/readyz") == 503, "a replica that lost the lease is not ready"
 
 
 def test_a_commit_in_a_local_repository_is_picked_up_without_waiting_for_the_poll(tmp_path):
@@ -216,7 +182,7 @@ def test_a_commit_in_a_local_repository_is_picked_up_without_waiting_for_the_pol
     from reconciler.source.watch import RefWatcher
 
     work = GitRemote(tmp_path / "local", "unused.git")  # only its working clone is used, read in place
-    work.write({"workspaces/a.yaml": ws("a")}, push=False)
+    work.write({"workspaces/a.yaml": smol_ws("a")}, push=False)
     source = GitSource(str(work.work), "main", tmp_path / "cache")
     assert source.local and source.watch_paths() == [str(work.work / ".git")]
     settings = DaemonSettings(paths=["workspaces"], workers=2, target_name="render", interval=3600)
@@ -225,15 +191,9 @@ def test_a_commit_in_a_local_repository_is_picked_up_without_waiting_for_the_pol
     loop = threading.Thread(target=d.run_forever, daemon=True)
     loop.start()
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and "default/a/statefulset-a.yaml" not in rendered(tmp_path):
-            time.sleep(0.05)
-        assert "default/a/statefulset-a.yaml" in rendered(tmp_path)
-        t0 = time.monotonic()
-        sha = work.write({"workspaces/b.yaml": ws("b")}, push=False)
-        while time.monotonic() - t0 < 10 and "default/b/statefulset-b.yaml" not in rendered(tmp_path):
-            time.sleep(0.05)
-        assert "default/b/statefulset-b.yaml" in rendered(tmp_path), "not noticed in 10 s (interval: 1 h)"
+        wait_until(lambda: "default/a/statefulset-a.yaml" in rendered(tmp_path), 10, "a rendered")
+        sha = work.write({"workspaces/b.yaml": smol_ws("b")}, push=False)
+        wait_until(lambda: "default/b/statefulset-b.yaml" in rendered(tmp_path), 10, "b (interval: 1 h)")
         assert d.revision == sha
 
         def passes() -> float:

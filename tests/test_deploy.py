@@ -450,35 +450,16 @@ def test_the_request_mapping_matches_the_api_server():
     assert rbac_attributes("GET", "/apis/coordination.k8s.io/v1", {}, 200) == []
 
 
-WS_INFERENCE = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
 WS_TUNING = (ROOT / "example-repo" / "workspaces" / "tuning-phi-3.yaml").read_text()
-
-
-def _inference(name: str) -> str:
-    return WS_INFERENCE.replace("  name: smollm2\n", f"  name: {name}\n").replace(
-        "apps: smollm2", f"apps: {name}"
-    )
-
-
-def _node(name: str, workspace: str, ns: str) -> dict:
-    labels = {"apps": workspace, "kaito.sh/workspace": workspace, "kaito.sh/workspacenamespace": ns}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "labels": labels},
-        "status": {
-            "conditions": [{"type": "Ready", "status": "True"}],
-            "allocatable": {"nvidia.com/gpu": "1"},
-            "capacity": {"nvidia.com/gpu": "1"},
-        },
-    }
 
 
 @pytest.fixture(scope="module")
 def daemon_requests(tmp_path_factory) -> list[Attr]:
     """Every request of a real daemon: apply, pod logs, drift, prune, leader election."""
     from doubles.kube_api import KubeAPIServer
+    from doubles.kube_fixtures import workspace_node
     from support.gitserver import GitRemote
+    from support.workspaces import smol_ws
 
     from reconciler.leader import LeaseElector
     from reconciler.runcmd import build_daemon
@@ -488,14 +469,14 @@ def daemon_requests(tmp_path_factory) -> list[Attr]:
     remote = GitRemote(tmp / "git", "gitops.git")  # file:// remote, fetched like a hosted one
     remote.write(
         {
-            "workspaces/a.yaml": _inference("a"),
-            "workspaces/b.yaml": _inference("b"),
+            "workspaces/a.yaml": smol_ws("a"),
+            "workspaces/b.yaml": smol_ws("b"),
             "workspaces/t.yaml": WS_TUNING,
         }
     )
     with KubeAPIServer() as kube:
         for ws, ns in (("a", "default"), ("b", "default"), ("tuning-phi-3", "llm")):
-            kube.put_object(_node(f"node-{ws}", ws, ns))
+            kube.put_object(workspace_node(ws, ns))
         kubeconfig = kube.write_kubeconfig(tmp / "kubeconfig")
         # the deployed settings, with the repository, cluster and cache of this test
         args = run_parser().parse_args(

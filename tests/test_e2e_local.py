@@ -12,15 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from support.gitserver import GitDaemon, GitRemote, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
+from support.net import free_port
+from support.wait import wait_until
+from support.workspaces import SMOL
 
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
@@ -44,24 +42,8 @@ def processes_mentioning(text: str) -> list[int]:
     return out
 
 
-def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.25)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"{what} not reached in {timeout} s\n{tail}")
-
-
-def test_push_serve_curl_remove_stop(tmp_path, smollm_cache):
-    gitd = GitDaemon(tmp_path / "served").start()
-    remote = GitRemote(tmp_path / "served", "gitops.git")
-    remote.url = gitd.url("remotes/gitops.git")
-    remote.write({"workspaces/smollm2.yaml": SMOL}, "serve SmolLM2")
+def test_push_serve_curl_remove_stop(tmp_path, git_remote, smollm_cache):
+    git_remote.write({"workspaces/smollm2.yaml": SMOL}, "serve SmolLM2")
     state = tmp_path / "local-state"
     port = free_port()
     env = {
@@ -80,7 +62,7 @@ def test_push_serve_curl_remove_stop(tmp_path, smollm_cache):
                 "reconciler",
                 "run",
                 "--repo",
-                remote.url,
+                git_remote.url,
                 "--path",
                 "workspaces",
                 "--target",
@@ -106,12 +88,13 @@ def test_push_serve_curl_remove_stop(tmp_path, smollm_cache):
         )
     try:
         endpoint_file = state / "default" / "smollm2" / "endpoint.json"
-        info = wait_for(
+        info = wait_until(
             lambda: endpoint_file.exists() and json.loads(endpoint_file.read_text()),
             300,
             "the SmolLM2 endpoint",
-            daemon,
-            log,
+            step=0.25,
+            proc=daemon,
+            log=log,
         )
         endpoint = info["endpoint"]
         assert endpoint.startswith("http://127.0.0.1:")
@@ -143,21 +126,22 @@ def test_push_serve_curl_remove_stop(tmp_path, smollm_cache):
             assert c.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
 
         # the file goes: the server stops (the daemon polls every second)
-        remote.write({"workspaces/smollm2.yaml": None}, "remove SmolLM2")
+        git_remote.write({"workspaces/smollm2.yaml": None}, "remove SmolLM2")
         workspace_dir = str(state / "default")  # not the state dir itself: the daemon's own argv names it
-        wait_for(
+        wait_until(
             lambda: not endpoint_file.exists() and not processes_mentioning(workspace_dir),
             60,
             "the server stopping",
-            daemon,
-            log,
+            step=0.25,
+            proc=daemon,
+            log=log,
         )
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{endpoint}/health", timeout=2)
 
         # and back, then stop the daemon: nothing may be left running
-        remote.write({"workspaces/smollm2.yaml": SMOL}, "serve SmolLM2 again")
-        wait_for(lambda: endpoint_file.exists(), 180, "the endpoint again", daemon, log)
+        git_remote.write({"workspaces/smollm2.yaml": SMOL}, "serve SmolLM2 again")
+        wait_until(endpoint_file.exists, 180, "the endpoint again", step=0.25, proc=daemon, log=log)
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -165,7 +149,5 @@ def test_push_serve_curl_remove_stop(tmp_path, smollm_cache):
         except subprocess.TimeoutExpired:
             daemon.kill()
             code = None
-        gitd.stop()
     assert code == 0, log.read_text()[-2000:]
     assert not processes_mentioning(str(state / "default")), "stopping the daemon leaves no process behind"
-    assert daemon.poll() is not None

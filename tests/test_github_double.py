@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 from datetime import timedelta
@@ -421,7 +419,6 @@ def test_webhook_helpers_match_github(gh_double: GitHubDouble) -> None:
     body = b"Hello, World!"
     # The example from GitHub's "Validating webhook deliveries" page.
     assert sign(secret, body) == "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-    assert sign(secret, body) == "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
     push = push_payload(
         OWNER,

@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from doubles.github_api import GitHubDouble, pull_request_payload
 from githubkit import GitHub
 from githubkit.cache import MemCacheStrategy
-from support.gitserver import GitDaemon, GitRemote
+from support.gitserver import GitRemote
+from support.serving import serving
+from support.wait import wait_until
 from support.webhooks import deliver
+from support.workspaces import smol_ws
 
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.provisioners.none import NoneProvisioner
@@ -25,36 +29,31 @@ from reconciler.report.review_comment import LIMIT, MARKER
 from reconciler.source.git import GitSource
 from reconciler.targets.render import RenderTarget
 
-ROOT = Path(__file__).resolve().parent.parent
-SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
 OWNER, REPO, BOT = "acme", "gitops", "kaito-bot"
 
 
-def ws(name: str, preset: str = "smollm2-135m-instruct", sku: str = "Standard_NV36ads_A10_v5") -> str:
-    return (
-        SMOL.replace("  name: smollm2\n", f"  name: {name}\n")
-        .replace("smollm2-135m-instruct", preset)
-        .replace("Standard_NV36ads_A10_v5", sku)
-    )
+@dataclass
+class World:
+    remote: GitRemote
+    gh: GitHubDouble
+    tmp: Path
+    opened: set[int] = field(default_factory=set)  # pull requests registered with the double
 
 
 @pytest.fixture
-def world(tmp_path):
-    gitd = GitDaemon(tmp_path / "served").start()
-    remote = GitRemote(tmp_path / "served", "gitops.git")
-    remote.url = gitd.url("remotes/gitops.git")
+def world(git_remote, tmp_path):
     gh_double = GitHubDouble()
     gh_double.start()
     gh_double.add_repo(OWNER, REPO)
     gh_double.add_token("bot-token", BOT, type="Bot")
     gh_double.add_token("user-token", "alice")
-    yield remote, gh_double, tmp_path
+    yield World(git_remote, gh_double, tmp_path)
     gh_double.stop()
-    gitd.stop()
 
 
-def open_pr(remote, gh_double, number: int, files: dict, message="change") -> str:
+def open_pr(world: World, number: int, files: dict, message="change") -> str:
     """Commit `files` on a branch, publish it as refs/pull/<n>/head, and register the PR."""
+    remote, gh_double = world.remote, world.gh
     base = remote.head()
     repo = remote.repo
     repo.git.checkout("-B", f"pr{number}", base)
@@ -62,15 +61,12 @@ def open_pr(remote, gh_double, number: int, files: dict, message="change") -> st
     repo.git.push("origin", f"HEAD:refs/pull/{number}/head", "--force")
     repo.git.checkout("main")
     gh_double.add_commit(OWNER, REPO, sha)
-    if number in OPENED.setdefault(id(gh_double), set()):
+    if number in world.opened:
         gh_double.set_pull_head(OWNER, REPO, number, sha)
     else:
         gh_double.add_pull(OWNER, REPO, number, sha, base_ref="main", base_sha=base)
-        OPENED[id(gh_double)].add(number)
+        world.opened.add(number)
     return sha
-
-
-OPENED: dict[int, set[int]] = {}
 
 
 def reviewer(remote, gh_double, tmp_path, **kw) -> GitHubReviewer:
@@ -90,14 +86,23 @@ def reviewer(remote, gh_double, tmp_path, **kw) -> GitHubReviewer:
     )
 
 
+def render_daemon(world: World) -> Daemon:
+    return Daemon(
+        GitSource(world.remote.url, "main", world.tmp / "daemon-cache"),
+        RenderTarget(world.tmp / "out"),
+        NoneProvisioner(),
+        DaemonSettings(paths=["workspaces"], target_name="render"),
+    )
+
+
 def bot_comments(gh_double, number):
     return [c for c in gh_double.comments(OWNER, REPO, number) if c["user"]["login"] == BOT]
 
 
 def test_one_comment_however_many_pushes_and_errors_link_to_lines(world):
-    remote, gh_double, tmp = world
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    head = open_pr(remote, gh_double, 7, {"workspaces/b.yaml": ws("b", preset="phi-4-mini")}, "add b (typo)")
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    head = open_pr(world, 7, {"workspaces/b.yaml": smol_ws("b", preset="phi-4-mini")}, "add b (typo)")
     r = reviewer(remote, gh_double, tmp)
     try:
         r.review_now(7)
@@ -112,9 +117,7 @@ def test_one_comment_however_many_pushes_and_errors_link_to_lines(world):
         [st] = [s for s in gh_double.statuses(OWNER, REPO, head) if s["context"] == VALIDATE_CONTEXT]
         assert st["state"] == "failure" and len(st["description"]) <= 140
         # the author fixes it: the same comment is edited, a new status goes on the new head
-        head2 = open_pr(
-            remote, gh_double, 7, {"workspaces/b.yaml": ws("b", sku="Standard_NV72ads_A10_v5")}, "fix"
-        )
+        head2 = open_pr(world, 7, {"workspaces/b.yaml": smol_ws("b", sku="Standard_NV72ads_A10_v5")}, "fix")
         r.review_now(7)
         [c2] = bot_comments(gh_double, 7)
         assert c2["id"] == c["id"] and ":white_check_mark: **kaito-gitops: ready to merge**" in c2["body"]
@@ -132,9 +135,9 @@ def test_one_comment_however_many_pushes_and_errors_link_to_lines(world):
 
 
 def test_the_comment_is_found_across_pages_after_a_restart(world):
-    remote, gh_double, tmp = world
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    open_pr(remote, gh_double, 3, {"workspaces/b.yaml": ws("b")})
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    open_pr(world, 3, {"workspaces/b.yaml": smol_ws("b")})
     for i in range(150):
         gh_double.add_comment(OWNER, REPO, 3, f"comment {i}", user_login="alice")
     first = reviewer(remote, gh_double, tmp)
@@ -144,7 +147,7 @@ def test_the_comment_is_found_across_pages_after_a_restart(world):
         gh_double.add_comment(
             OWNER, REPO, 3, f"later comment {i} {MARKER}", user_login="alice"
         )  # not the bot's
-    head = open_pr(remote, gh_double, 3, {"workspaces/c.yaml": ws("c")}, "add c")
+    head = open_pr(world, 3, {"workspaces/c.yaml": smol_ws("c")}, "add c")
     fresh = reviewer(remote, gh_double, tmp)  # no memory of the comment id
     try:
         fresh.review_now(3)
@@ -156,48 +159,31 @@ def test_the_comment_is_found_across_pages_after_a_restart(world):
 
 
 def test_signed_pull_request_webhook_triggers_a_review(world):
-    from reconciler.server import OpsServer
-    from reconciler.source.webhook import WebhookReceiver
-
-    remote, gh_double, tmp = world
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    head = open_pr(remote, gh_double, 5, {"workspaces/b.yaml": ws("b")})
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    head = open_pr(world, 5, {"workspaces/b.yaml": smol_ws("b")})
     r = reviewer(remote, gh_double, tmp)
     secret = b"s3cret"
-    server = OpsServer(
-        host="127.0.0.1",
-        port=0,
-        metrics_text=lambda: b"",
-        healthy=lambda: True,
-        ready=lambda: True,
-        receiver=WebhookReceiver(secret),
-        on_pull_request=r.on_pull_request,
-    ).start()
     try:
-        payload = pull_request_payload("opened", OWNER, REPO, 5, head, "pr5", "main")
-        body = json.dumps(payload).encode()
-        url = f"http://127.0.0.1:{server.port}/webhook"
-        assert deliver(url, body, "pull_request", b"wrong") == 401
-        assert deliver(url, body, "pull_request", secret) == 202
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not bot_comments(gh_double, 5):
-            time.sleep(0.05)
-        assert len(bot_comments(gh_double, 5)) == 1
+        with serving(render_daemon(world), secret=secret, reviewers=[r]) as url:
+            payload = pull_request_payload("opened", OWNER, REPO, 5, head, "pr5", "main")
+            body = json.dumps(payload).encode()
+            assert deliver(url + "/webhook", body, "pull_request", b"wrong") == 401
+            assert deliver(url + "/webhook", body, "pull_request", secret) == 202
+            wait_until(lambda: bot_comments(gh_double, 5), what="the review comment")
+            assert len(bot_comments(gh_double, 5)) == 1
     finally:
-        server.stop()
         r.close()
 
 
 def test_polling_finds_pull_requests_without_webhooks_and_respects_rate_limits(world):
-    remote, gh_double, tmp = world
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    open_pr(remote, gh_double, 11, {"workspaces/b.yaml": ws("b")})
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    open_pr(world, 11, {"workspaces/b.yaml": smol_ws("b")})
     gh_double.secondary_limit_next(1, retry_after=1, match=r"POST .*/comments")
     r = reviewer(remote, gh_double, tmp, poll_interval=0.2)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not bot_comments(gh_double, 11):
-            time.sleep(0.05)
+        wait_until(lambda: bot_comments(gh_double, 11), what="the review comment")
         assert len(bot_comments(gh_double, 11)) == 1, "reviewed after waiting out the secondary limit"
         limited = [q for q in gh_double.requests if q.method == "POST" and q.status == 403]
         assert len(limited) == 1
@@ -206,10 +192,10 @@ def test_polling_finds_pull_requests_without_webhooks_and_respects_rate_limits(w
 
 
 def test_comment_stays_under_githubs_limit_and_says_what_it_left_out(world):
-    remote, gh_double, tmp = world
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    many = {f"workspaces/w{i:03d}.yaml": ws(f"w{i:03d}") for i in range(160)}
-    open_pr(remote, gh_double, 9, many, "160 workspaces")
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    many = {f"workspaces/w{i:03d}.yaml": smol_ws(f"w{i:03d}") for i in range(160)}
+    open_pr(world, 9, many, "160 workspaces")
     r = reviewer(remote, gh_double, tmp)
     try:
         r.review_now(9)
@@ -225,16 +211,11 @@ def test_comment_stays_under_githubs_limit_and_says_what_it_left_out(world):
 
 
 def test_after_merge_the_comment_follows_the_rollout(world):
-    remote, gh_double, tmp = world
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    head = open_pr(remote, gh_double, 4, {"workspaces/b.yaml": ws("b")})
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    head = open_pr(world, 4, {"workspaces/b.yaml": smol_ws("b")})
     r = reviewer(remote, gh_double, tmp)
-    d = Daemon(
-        GitSource(remote.url, "main", tmp / "daemon-cache"),
-        RenderTarget(tmp / "out"),
-        NoneProvisioner(),
-        DaemonSettings(paths=["workspaces"], target_name="render"),
-    )
+    d = render_daemon(world)
     d.on_pass.append(r.on_pass)
     try:
         r.review_now(4)
@@ -258,15 +239,10 @@ def test_after_merge_the_comment_follows_the_rollout(world):
 
 def test_a_merge_the_daemon_only_sees_under_a_later_commit_still_deploys(world):
     """Two pushes between passes: the daemon loads the commit after the merge, never the merge."""
-    remote, gh_double, tmp = world
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    head = open_pr(remote, gh_double, 5, {"workspaces/b.yaml": ws("b")})
-    d = Daemon(
-        GitSource(remote.url, "main", tmp / "daemon-cache"),
-        RenderTarget(tmp / "out"),
-        NoneProvisioner(),
-        DaemonSettings(paths=["workspaces"], target_name="render"),
-    )
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    head = open_pr(world, 5, {"workspaces/b.yaml": smol_ws("b")})
+    d = render_daemon(world)
     r = reviewer(remote, gh_double, tmp)
     r.source = d.source  # as `kaito-gitops run` wires it: one repository for both
     d.on_pass.append(r.on_pass)
@@ -278,7 +254,7 @@ def test_a_merge_the_daemon_only_sees_under_a_later_commit_still_deploys(world):
         gh_double.close_pull(OWNER, REPO, 5, merged=True, merge_commit_sha=head)
         r.review_now(5)
         later = remote.write(
-            {"workspaces/c.yaml": ws("c")}, "another change, pushed before the daemon's pass"
+            {"workspaces/c.yaml": smol_ws("c")}, "another change, pushed before the daemon's pass"
         )
         d.run_pass()
         assert d.revision == later != head
@@ -290,7 +266,7 @@ def test_a_merge_the_daemon_only_sees_under_a_later_commit_still_deploys(world):
 
 
 def test_threads_are_not_left_behind(world):
-    remote, gh_double, tmp = world
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
     before = threading.active_count()
     r = reviewer(remote, gh_double, tmp)
     r.close()
@@ -303,12 +279,12 @@ def test_github_app_authentication_and_a_low_budget(world):
 
     from reconciler.report.github_review import build_reviewer
 
-    remote, gh_double, tmp = world
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
     app = gh_double.add_app(4242, "kaito-gitops-app")
     key = tmp / "app.pem"
     key.write_text(app.private_key_pem)
-    remote.write({"workspaces/a.yaml": ws("a")}, "base")
-    open_pr(remote, gh_double, 21, {"workspaces/b.yaml": ws("b")})
+    remote.write({"workspaces/a.yaml": smol_ws("a")}, "base")
+    open_pr(world, 21, {"workspaces/b.yaml": smol_ws("b")})
     daemon = types.SimpleNamespace(
         source=GitSource(remote.url, "main", tmp / "app-cache"),
         on_pass=[],

@@ -17,7 +17,6 @@ from kubernetes.dynamic import DynamicClient
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 MANAGER = "kaito-gitops"
-pytest_plugins = ["doubles.kube_fixtures"]  # the kube_api and kube_client fixtures
 
 
 def statefulset(
@@ -315,11 +314,12 @@ def test_error_statuses(kube_api: KubeAPIServer, kube_client) -> None:
     assert caught.value.status == 422 and body["reason"] == "Invalid"
     assert body["message"].startswith('StatefulSet.apps "Bad_Name" is invalid: metadata.name: Invalid value')
     assert body["details"]["kind"] == "StatefulSet"
-    assert body["details"]["causes"][0] == {
-        "reason": "FieldValueInvalid",
-        "field": "metadata.name",
-        "message": body["details"]["causes"][0]["message"],
-    }
+    [cause] = body["details"]["causes"]
+    assert (cause["reason"], cause["field"]) == ("FieldValueInvalid", "metadata.name")
+    assert cause["message"].startswith(
+        'Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain must consist of'
+    )
+    assert body["message"] == f'StatefulSet.apps "Bad_Name" is invalid: metadata.name: {cause["message"]}'
     with pytest.raises(ApiException) as caught:
         client.AppsV1Api(kube_client).create_namespaced_stateful_set(
             "ws-a", {**statefulset(), "kind": "Deployment"}

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from support.gitserver import GitRemote
 from support.tiny_model import build_tiny_model
+from support.wait import run_passes_until, wait_until
 
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.provisioners.none import NoneProvisioner
@@ -92,16 +93,6 @@ def dolly(path: Path, rows: int = 48) -> None:
     pd.DataFrame(data).to_parquet(path / "train.parquet")
 
 
-def run_until(d: Daemon, cond, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d.run_pass()
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"not reached in {timeout} s: {[(r.key, r.status) for r in d.reports()]}")
-
-
 def test_tuning_with_host_paths_reaches_succeeded_with_loss(tmp_path, monkeypatch):
     hf_home = tmp_path / "hf"
     hf_cache_with(build_tiny_model(tmp_path / "tiny"), hf_home, "kaito-test/tiny-llama")
@@ -122,7 +113,7 @@ def test_tuning_with_host_paths_reaches_succeeded_with_loss(tmp_path, monkeypatc
         d.run_pass()
         [rep] = d.reports()
         assert not rep.errors, [f.text() for f in rep.errors]
-        run_until(d, lambda: d.reports()[0].status.state in ("Succeeded", "Failed"), 240)
+        run_passes_until(d, lambda: d.reports()[0].status.state in ("Succeeded", "Failed"), 240, step=0.5)
         status = d.reports()[0].status
         log = tmp_path / "state" / "default" / "tune-tiny" / "tuning.log"
         assert status.state == "Succeeded", log.read_text()[-2000:] if log.exists() else status
@@ -178,9 +169,7 @@ def test_stopping_leaves_no_process_behind(tmp_path):
 
     w.thread = threading.Thread(target=target._supervise, args=(w,), daemon=True)
     w.thread.start()
-    deadline = time.monotonic() + 10
-    while w.proc is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: w.proc is not None, 10, "the workload's process")
     pgid = w.proc.pid
     assert live_in_group(pgid) >= 2  # the shell and its sleeps
     target.close()

@@ -7,6 +7,7 @@ so these tests see what a daemon sees across passes while AKS takes minutes: not
 from __future__ import annotations
 
 import dataclasses
+import time
 import types
 
 import pytest
@@ -148,11 +149,18 @@ def test_other_failures(arm, error, reason, words, retried):
 
 
 def test_throttling_honours_retry_after(arm):
-    arm.fail_next(throttled(retry_after=None, retry_after_ms=50), method="PUT")
+    plan = plan_named("llama-70b")
+    arm.fail_next(throttled(retry_after=None, retry_after_ms=300), method="PUT")
     p = provisioner(arm)
-    status = p.ensure(plan_named("llama-70b"), [])
-    assert status.reason == "Throttled" and 0 < status.retry_after <= 0.05
-    assert p.ensure(plan_named("llama-70b"), []).reason in ("Throttled", "AgentPoolProvisioning")
+    status = p.ensure(plan, [])
+    assert status.reason == "Throttled" and 0 < status.retry_after <= 0.3
+    again = p.ensure(plan, [])
+    assert again.reason == "Throttled" and len(puts(arm, plan.node_pool.name)) == 1, (
+        "no PUT before Retry-After"
+    )
+    time.sleep(again.retry_after)
+    assert p.ensure(plan, []).reason == "AgentPoolProvisioning"
+    assert len(puts(arm, plan.node_pool.name)) == 2
 
 
 def test_scale_and_replace(arm):

@@ -13,7 +13,8 @@ import signal
 from pathlib import Path
 
 import pytest
-from support.infer_util import free_port, offline_env, start_inference, stop, wait_http
+from support.infer_util import offline_env, start_inference, stop, wait_http
+from support.net import free_port
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -137,7 +137,7 @@ def test_name_resolving_to_loopback_is_refused_after_resolution(tmp_path, server
     assert server.hits == []  # never connected
 
 
-def test_every_resolved_address_is_checked(tmp_path, server):
+def test_every_resolved_address_is_checked(tmp_path):
     """A public-looking first answer does not hide a private second one (rebinding across records)."""
     with pytest.raises(URLRefused, match=r"10\.0\.0\.7 is a private address"):
         data.fetch(
@@ -146,7 +146,6 @@ def test_every_resolved_address_is_checked(tmp_path, server):
             logger=quiet,
             resolve=lambda h, p: ["93.184.216.34", "10.0.0.7"],
         )
-    assert server.hits == []
 
 
 def test_connects_to_the_vetted_address_with_the_name_in_host_header(tmp_path, server):

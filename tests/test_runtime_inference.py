@@ -14,12 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from support.infer_util import FAKE_SGLANG, ROOT, free_port, offline_env, start_inference, stop, wait_http
+from support.infer_util import FAKE_SGLANG, ROOT, offline_env, start_inference, stop, wait_http
+from support.net import free_port
+from support.wait import wait_until
 
 from runtime import chat
 from runtime.inference import choose_backend, exit_status, internal_port
@@ -209,13 +210,11 @@ def _records(path: Path) -> list[dict]:
 
 
 def _wait_record(path: Path, key: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for r in _records(path):
-            if key in r:
-                return r
-        time.sleep(0.05)
-    raise AssertionError(f"no {key!r} record in {path}: {_records(path)}")
+    return wait_until(
+        lambda: next((r for r in _records(path) if key in r), None),
+        timeout,
+        lambda: f"a {key!r} record in {path} (now: {_records(path)})",
+    )
 
 
 def _launch(tmp_path: Path, extra_args: list[str], extra_env: dict[str, str] | None = None):

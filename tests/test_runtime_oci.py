@@ -21,17 +21,11 @@ import pytest
 if importlib.util.find_spec("oras") is None:
     pytest.skip("needs oras (the ML extra)", allow_module_level=True)
 
-from support.registry import PASSWORD, auth_registry_session
+from support.registry import PASSWORD
 
 from runtime import oci
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A real docker-registry on 127.0.0.1 with basic auth."""
-    yield from auth_registry_session(tmp_path_factory)
 
 
 def make_adapter(folder: Path, size: int = 200_000) -> Path:

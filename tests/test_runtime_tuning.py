@@ -19,7 +19,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support.registry import auth_registry_session
 from support.tiny_model import build_tiny_model
 
 from runtime.progress import FAILED, RUNNING, SUCCEEDED, ProgressWriter, read_progress
@@ -32,12 +31,6 @@ if not all(
     )
 pytestmark = [pytest.mark.ml, pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    """A real docker-registry on 127.0.0.1 with basic auth."""
-    yield from auth_registry_session(tmp_path_factory)
 
 
 COUNTRIES = [

@@ -2,7 +2,8 @@
 
 The planner renders `python -m runtime.inference ...`; runtime.inference turns that into
 `python -m sglang.launch_server ...`. Both steps run here, and the result goes through
-SGLang 0.5.23's parser (installed --no-deps; triton stubbed) in a separate process.
+SGLang 0.5.23's parser (installed --no-deps; triton stubbed) in a separate process, one for the
+module (importing SGLang takes seconds).
 """
 
 from __future__ import annotations
@@ -26,23 +27,57 @@ pytestmark = pytest.mark.skipif(
 SUPPORT = ROOT / "tests" / "support"
 
 
-def sglang_parse(argvs: list[list[str]], tmp_path: Path) -> list[dict]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(SUPPORT),
-        "SGLANG_CACHE_DIR": str(tmp_path / "sglang-cache"),
-        "HOME": str(tmp_path),
-    }
-    proc = subprocess.run(
-        [sys.executable, str(SUPPORT / "sglang_check.py")],
-        input=json.dumps(argvs),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class SGLangParser:
+    """support/sglang_check.py in its own process, asked one JSON line at a time."""
+
+    def __init__(self, tmp: Path):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(SUPPORT),
+            "SGLANG_CACHE_DIR": str(tmp / "sglang-cache"),
+            "HOME": str(tmp),
+        }
+        self.log = tmp / "sglang_check.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SUPPORT / "sglang_check.py")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+            )
+
+    def _ask(self, request: dict):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"sglang_check.py exited with {self.proc.wait(30)}: {self.log.read_text()[-3000:]}"
+        return json.loads(line)
+
+    def parse(self, argvs: list[list[str]]) -> list[dict]:
+        """SGLang's verdict on each argument list (what follows `python -m sglang.launch_server`)."""
+        return self._ask({"parse": argvs})
+
+    def flags(self) -> set[str]:
+        """Every --flag SGLang's parser knows, without the dashes."""
+        return set(self._ask({"flags": True}))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def sglang(tmp_path_factory):
+    parser = SGLangParser(tmp_path_factory.mktemp("sglang"))
+    yield parser
+    parser.close()
 
 
 CLUSTER_CONFIG = (
@@ -87,9 +122,9 @@ def commands(state):
         yield plan, list(plan.command)
 
 
-def test_example_and_fixture_commands_parse(tmp_path, adapters_dir):
+def test_example_and_fixture_commands_parse(sglang, adapters_dir):
     pairs = [(p, to_sglang(c, adapters_dir)) for p, c in commands(example_and_fixture_state())]
-    results = sglang_parse([argv for _, argv in pairs], tmp_path)
+    results = sglang.parse([argv for _, argv in pairs])
     for (plan, argv), res in zip(pairs, results, strict=True):
         assert res["ok"], f"{plan.key}: {res['error']}\n{argv}"
         if plan.sizing is not None:
@@ -105,39 +140,24 @@ def test_example_and_fixture_commands_parse(tmp_path, adapters_dir):
     )
 
 
-def test_every_preset_on_every_sku_parses(tmp_path, adapters_dir):
+def test_every_preset_on_every_sku_parses(sglang, adapters_dir):
     pairs = [(p, to_sglang(c, adapters_dir)) for p, c in commands(every_preset_on_every_sku())]
     assert len(pairs) > 400
-    results = sglang_parse([argv for _, argv in pairs], tmp_path)
+    results = sglang.parse([argv for _, argv in pairs])
     bad = [(p.key, r["error"]) for (p, _), r in zip(pairs, results, strict=True) if not r["ok"]]
     assert not bad, bad[:5]
 
 
-def test_a_typo_is_caught_even_where_argparse_would_accept_a_prefix(tmp_path):
-    results = sglang_parse(
-        [["--model-path", "m", "--lora-path", "a=/x"], ["--model-path", "m", "--tp-size", "two"]], tmp_path
+def test_a_typo_is_caught_even_where_argparse_would_accept_a_prefix(sglang):
+    results = sglang.parse(
+        [["--model-path", "m", "--lora-path", "a=/x"], ["--model-path", "m", "--tp-size", "two"]]
     )
     assert not results[0]["ok"] and "--lora-path" in results[0]["error"]
     assert not results[1]["ok"]
 
 
-def test_flags_file_matches_the_installed_sglang(tmp_path):
+def test_flags_file_matches_the_installed_sglang(sglang):
     """presets/sglang-flags.yaml (used offline by validation) is what the pinned SGLang accepts."""
     from reconciler.configs import sglang_flags
 
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(SUPPORT),
-        "SGLANG_CACHE_DIR": str(tmp_path / "c"),
-        "HOME": str(tmp_path),
-    }
-    code = (
-        "from triton_stub import install; install()\n"
-        "import argparse, json\nfrom sglang.srt.server_args import ServerArgs\n"
-        "p = argparse.ArgumentParser(); ServerArgs.add_cli_args(p)\n"
-        "print(json.dumps(sorted(o[2:] for a in p._actions for o in a.option_strings if o.startswith('--'))))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    installed = set(json.loads(proc.stdout.strip().splitlines()[-1])) - {"help"}  # argparse's own
-    assert set(sglang_flags()) == installed
+    assert set(sglang_flags()) == sglang.flags() - {"help"}  # argparse's own

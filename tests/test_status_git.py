@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from pathlib import Path
 
 import git
-import pytest
-from support.gitserver import ENV, GitDaemon, GitRemote
+from support.gitserver import ENV
+from support.workspaces import smol_ws
 
 from reconciler.cli import main
 from reconciler.daemon import Daemon, DaemonSettings
@@ -18,22 +17,6 @@ from reconciler.report.status_reporter import StatusReporter
 from reconciler.report.statusgit import TRAILER, StatusWriter
 from reconciler.source.git import GitSource
 from reconciler.targets.render import RenderTarget
-
-ROOT = Path(__file__).resolve().parent.parent
-SMOL = (ROOT / "example-repo" / "local" / "smollm2.yaml").read_text()
-
-
-def ws(name: str, preset: str = "smollm2-135m-instruct") -> str:
-    return SMOL.replace("  name: smollm2\n", f"  name: {name}\n").replace("smollm2-135m-instruct", preset)
-
-
-@pytest.fixture
-def remote(tmp_path):
-    d = GitDaemon(tmp_path / "served").start()
-    r = GitRemote(tmp_path / "served", "gitops.git")
-    r.url = d.url("remotes/gitops.git")
-    yield r
-    d.stop()
 
 
 def branch_log(remote, branch) -> list[str]:
@@ -70,44 +53,46 @@ def daemon_with_status(remote, tmp_path, mode="branch"):
     return d, reporter
 
 
-def test_status_branch_gets_one_commit_per_change_and_main_is_never_written(remote, tmp_path):
-    user_head = remote.write({"workspaces/a.yaml": ws("a"), "workspaces/bad.yaml": ws("bad", preset="nope")})
-    d, reporter = daemon_with_status(remote, tmp_path)
+def test_status_branch_gets_one_commit_per_change_and_main_is_never_written(git_remote, tmp_path):
+    user_head = git_remote.write(
+        {"workspaces/a.yaml": smol_ws("a"), "workspaces/bad.yaml": smol_ws("bad", preset="nope")}
+    )
+    d, reporter = daemon_with_status(git_remote, tmp_path)
     d.run_pass()
     reporter.flush()
-    status = file_at(remote, "kaito-status", "status/default/a.yaml")
+    status = file_at(git_remote, "kaito-status", "status/default/a.yaml")
     assert status and "state: Rendered" in status and f"observedRevision: {user_head}" in status
     assert "lastTransitionTime:" in status
-    bad = file_at(remote, "kaito-status", "status/default/bad.yaml")
+    bad = file_at(git_remote, "kaito-status", "status/default/bad.yaml")
     assert "preset-unknown" in bad and "state: NotReady" in bad
-    table = file_at(remote, "kaito-status", "STATUS.md")
+    table = file_at(git_remote, "kaito-status", "STATUS.md")
     assert "| default/a | Standard_NV36ads_A10_v5 | True | Unknown |  | Unknown | Rendered |" in table
-    assert remote.head() == user_head, "the watched branch is untouched"
-    commits = branch_log(remote, "kaito-status")
+    assert git_remote.head() == user_head, "the watched branch is untouched"
+    commits = branch_log(git_remote, "kaito-status")
     assert len(commits) == 1
     # an unchanged world writes nothing, however many passes run
     for _ in range(3):
         d.run_pass()
     reporter.flush()
-    assert len(branch_log(remote, "kaito-status")) == 1
-    assert file_at(remote, "kaito-status", "status/default/a.yaml") == status, "no timestamp ticks"
+    assert len(branch_log(git_remote, "kaito-status")) == 1
+    assert file_at(git_remote, "kaito-status", "status/default/a.yaml") == status, "no timestamp ticks"
     # a change is one more commit, and the message says what moved
-    remote.write({"workspaces/b.yaml": ws("b")}, "add b")
+    git_remote.write({"workspaces/b.yaml": smol_ws("b")}, "add b")
     d.run_pass()
     reporter.flush()
-    log = git.Repo(remote.bare).commit("refs/heads/kaito-status").message
+    log = git.Repo(git_remote.bare).commit("refs/heads/kaito-status").message
     assert "default/b: new -> Rendered" in log and TRAILER in log
     reporter.close()
     d.close()
 
 
-def test_status_command_prints_the_table(remote, tmp_path, capsys):
-    remote.write({"workspaces/a.yaml": ws("a")})
-    d, reporter = daemon_with_status(remote, tmp_path)
+def test_status_command_prints_the_table(git_remote, tmp_path, capsys):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")})
+    d, reporter = daemon_with_status(git_remote, tmp_path)
     d.run_pass()
     reporter.close()
     capsys.readouterr()
-    assert main(["status", "--repo", remote.url, "--cache-dir", str(tmp_path / "c2")]) == 0
+    assert main(["status", "--repo", git_remote.url, "--cache-dir", str(tmp_path / "c2")]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == [
         "NAME",
@@ -122,7 +107,8 @@ def test_status_command_prints_the_table(remote, tmp_path, capsys):
     ]
     assert out.splitlines()[1].split()[:3] == ["default/a", "Standard_NV36ads_A10_v5", "True"]
     assert (
-        main(["status", "--repo", remote.url, "--cache-dir", str(tmp_path / "c2"), "--format", "json"]) == 0
+        main(["status", "--repo", git_remote.url, "--cache-dir", str(tmp_path / "c2"), "--format", "json"])
+        == 0
     )
     import json
 
@@ -151,12 +137,12 @@ def _user_push_loop(remote, n: int, errors: list) -> None:
             errors.append(f"push {i} never succeeded")
 
 
-def test_100_user_pushes_racing_status_commits_lose_nothing(remote, tmp_path):
-    remote.write({"workspaces/a.yaml": ws("a")}, "initial")
-    source = GitSource(f"file://{remote.bare}", "main", tmp_path / "cache")
+def test_100_user_pushes_racing_status_commits_lose_nothing(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")}, "initial")
+    source = GitSource(f"file://{git_remote.bare}", "main", tmp_path / "cache")
     writer = StatusWriter(source, "main", ".kaito/status")
     errors: list[str] = []
-    user = threading.Thread(target=_user_push_loop, args=(remote, 100, errors))
+    user = threading.Thread(target=_user_push_loop, args=(git_remote, 100, errors))
     user.start()
     writes = 0
     i = 0
@@ -169,35 +155,35 @@ def test_100_user_pushes_racing_status_commits_lose_nothing(remote, tmp_path):
     user.join()
     writer.write({"STATUS.md": "final\n"}, "final status")
     assert not errors
-    messages = branch_log(remote, "main")
+    messages = branch_log(git_remote, "main")
     user_commits = {m for m in messages if m.startswith("user commit ")}
     assert user_commits == {f"user commit {i}" for i in range(100)}, "every user commit survives"
     assert writes >= 1 and sum(m.startswith("status ") for m in messages) >= 1
-    assert file_at(remote, "main", ".kaito/status/STATUS.md") == "final\n"
+    assert file_at(git_remote, "main", ".kaito/status/STATUS.md") == "final\n"
     # history is linear on top of users' work: no force push ever rewrote it
     assert (
         subprocess.run(
-            ["git", "--git-dir", str(remote.bare), "fsck", "--no-progress"], capture_output=True
+            ["git", "--git-dir", str(git_remote.bare), "fsck", "--no-progress"], capture_output=True
         ).returncode
         == 0
     )
 
 
-def test_in_tree_status_commits_are_not_reconciled(remote, tmp_path):
-    user_commit = remote.write({"workspaces/a.yaml": ws("a")})
-    d, reporter = daemon_with_status(remote, tmp_path, mode="tree")
+def test_in_tree_status_commits_are_not_reconciled(git_remote, tmp_path):
+    user_commit = git_remote.write({"workspaces/a.yaml": smol_ws("a")})
+    d, reporter = daemon_with_status(git_remote, tmp_path, mode="tree")
     first = d.run_pass()
     reporter.flush()
-    status_commit = remote.head()
+    status_commit = git_remote.head()
     assert status_commit != user_commit
-    assert file_at(remote, "main", ".kaito/status/status/default/a.yaml")
+    assert file_at(git_remote, "main", ".kaito/status/status/default/a.yaml")
     second = d.run_pass()
     assert d.head == status_commit and not second.changed and second.writes == 0
     assert d.revision == user_commit, "status describes the user's revision, not our own commit"
     for _ in range(3):  # a status commit must not beget another one: nothing it reports changed
         d.run_pass()
         reporter.flush()
-    assert remote.head() == status_commit
+    assert git_remote.head() == status_commit
     reporter.close()
     d.close()
     assert first.changed

@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from doubles.kube_api import KubeAPIServer  # noqa: E402
-from support.gitserver import GitDaemon, GitRemote, free_port  # noqa: E402
+from doubles.kube_fixtures import gpu_node  # noqa: E402
+from support.gitserver import GitDaemon, GitRemote  # noqa: E402
+from support.net import free_port  # noqa: E402
+from support.wait import wait_until  # noqa: E402
 from support.webhooks import deliver  # noqa: E402
 
 SECRET = b"bench-secret"
@@ -58,15 +61,6 @@ def metric(url: str, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def wait(cond, timeout: float, step: float = 0.005) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if cond():
-            return time.perf_counter() - start
-        time.sleep(step)
-    raise SystemExit("timed out waiting")
-
-
 def _up(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/healthz", timeout=2):
@@ -88,31 +82,17 @@ def main() -> None:
     pushes = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     tmp = Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
     gitd = GitDaemon(tmp / "served").start()
-    remote = GitRemote(tmp / "served", "gitops.git")
-    remote.url = gitd.url("remotes/gitops.git")
+    remote = GitRemote(tmp / "served", daemon=gitd)
     remote.write({f"workspaces/ws-{i:04d}.yaml": workspace(i) for i in range(n)}, f"{n} workspaces")
     with KubeAPIServer() as kube:
+        gfd = {  # GPU feature discovery's labels size bring-your-own nodes
+            "pool": "gpu",
+            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+            "nvidia.com/gpu.count": "8",
+            "nvidia.com/gpu.memory": "81920",
+        }
         for j in range(4):
-            kube.put_object(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "metadata": {
-                        "name": f"gpu-{j}",
-                        "labels": {  # GPU feature discovery's labels size bring-your-own nodes
-                            "pool": "gpu",
-                            "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
-                            "nvidia.com/gpu.count": "8",
-                            "nvidia.com/gpu.memory": "81920",
-                        },
-                    },
-                    "status": {
-                        "conditions": [{"type": "Ready", "status": "True"}],
-                        "allocatable": {"nvidia.com/gpu": "8"},
-                        "capacity": {"nvidia.com/gpu": "8"},
-                    },
-                }
-            )
+            kube.put_object(gpu_node(f"gpu-{j}", gfd, gpus=8))
         kubeconfig = kube.write_kubeconfig(tmp / "kubeconfig")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -150,7 +130,12 @@ def main() -> None:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=daemon_log)
         try:
             # the first pass applies everything; poll the daemon's metrics, not the API (cheap)
-            wait(lambda: _up(url) and metric(url, "kaito_gitops_pass_duration_seconds_count") >= 1, 600, 0.05)
+            wait_until(
+                lambda: _up(url) and metric(url, "kaito_gitops_pass_duration_seconds_count") >= 1,
+                600,
+                "the first pass",
+                proc=proc,
+            )
             first = time.perf_counter() - start
             objects = len(kube.objects("StatefulSet")) + len(kube.objects("Service"))
             assert objects == 3 * n, f"{objects} objects after the first pass"
@@ -161,7 +146,9 @@ def main() -> None:
             sum0 = metric(url, "kaito_gitops_pass_duration_seconds_sum")
             body = json.dumps({"ref": "refs/heads/main", "after": remote.head()}).encode()
             assert deliver(url + "/webhook", body, "push", SECRET) == 202
-            wait(lambda: metric(url, "kaito_gitops_pass_duration_seconds_count") > count0, 60)
+            wait_until(
+                lambda: metric(url, "kaito_gitops_pass_duration_seconds_count") > count0, 60, "the no-op pass"
+            )
             noop_seconds = metric(url, "kaito_gitops_pass_duration_seconds_sum") - sum0
             noop_writes = kube.write_count() - writes0
 
@@ -189,7 +176,7 @@ def main() -> None:
                         preset.replace("-instruct", "") in part.lower() for part in cmd.get("command", [])
                     )
 
-                wait(applied, 60)
+                wait_until(applied, 60, f"change {k} applied", step=0.005)
                 latencies.append(time.perf_counter() - t0)
             rss = peak_rss_mib(proc.pid)
         finally:

@@ -23,7 +23,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.gitserver import free_port  # noqa: E402
+from support.net import free_port  # noqa: E402
 from support.tiny_model import build_tiny_model  # noqa: E402
 
 

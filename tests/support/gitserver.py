@@ -14,6 +14,8 @@ from pathlib import Path
 
 import git
 
+from support.net import free_port
+
 ENV = {
     "GIT_AUTHOR_NAME": "dev",
     "GIT_AUTHOR_EMAIL": "dev@example.com",
@@ -21,12 +23,6 @@ ENV = {
     "GIT_COMMITTER_EMAIL": "dev@example.com",
     "GIT_TERMINAL_PROMPT": "0",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class GitDaemon:
@@ -72,7 +68,11 @@ class GitDaemon:
 
 
 class GitRemote:
-    """A bare repository (the remote) and a clone of it to work in."""
+    """A bare repository (the remote) and a clone of it to work in.
+
+    `url` is what a daemon under test fetches: git:// through `daemon` when one serves `root`
+    (its base path), else file://. The working clone always pushes over file://.
+    """
 
     def __init__(
         self, root: Path, name: str = "gitops.git", daemon: GitDaemon | None = None, branch: str = "main"
@@ -82,7 +82,9 @@ class GitRemote:
         self.bare.parent.mkdir(parents=True, exist_ok=True)
         git.Repo.init(self.bare, bare=True, initial_branch=branch)
         self.daemon = daemon
-        self.url = daemon.url(name) if daemon else f"file://{self.bare}"
+        self.url = (
+            daemon.url(self.bare.relative_to(daemon.root).as_posix()) if daemon else f"file://{self.bare}"
+        )
         self.work = self.root / "work" / name.removesuffix(".git")
         self.repo = git.Repo.init(self.work, initial_branch=branch)
         with self.repo.config_writer() as c:

@@ -1,9 +1,8 @@
-"""Helpers for the inference tests: free ports, waiting for HTTP, running `python -m runtime.inference`."""
+"""Helpers for the inference tests: waiting for HTTP, running `python -m runtime.inference`."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,6 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_SGLANG = Path(__file__).with_name("infer_fake_sglang.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def offline_env(tmp: Path, **extra: str) -> dict[str, str]:

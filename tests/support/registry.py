@@ -3,7 +3,7 @@
 Each registry gets its own config file and storage folder (never the packaged config, which
 listens on all interfaces), optional htpasswd basic auth (bcrypt cost 4, so each request stays
 cheap), and is ready once `GET /v2/` answers. Use `running_registry(...)` as a context manager,
-or `auth_registry_session` inside a test module's own fixture.
+or the session's `registry` fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import base64
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from support.net import free_port
 
 BINARY = "/usr/bin/docker-registry"
 USER = "kaito"
@@ -47,12 +48,6 @@ class Registry:
             entry = {"username": self.username, "password": pw}
         path.write_text(json.dumps({"auths": {self.host: entry}}))
         return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def available() -> bool:
@@ -112,14 +107,8 @@ def running_registry(root: Path, *, auth: bool = True, timeout: float = 10.0) ->
 
 
 def auth_registry_session(tmp_path_factory) -> Iterator[Registry]:
-    """The body of a registry fixture: wrap it in a test module's own fixture (yield from ...)."""
+    """The body of the `registry` fixture: a registry with basic auth (user `kaito`), skipped without the binary."""
     if not available():
         pytest.skip(f"{BINARY} is not installed (apt-get install docker-registry)")
     with running_registry(tmp_path_factory.mktemp("registry"), auth=True) as reg:
         yield reg
-
-
-@pytest.fixture(scope="module")
-def auth_registry(tmp_path_factory) -> Iterator[Registry]:
-    """A registry with basic auth (user `kaito`), for one test module (import it, or use the function above)."""
-    yield from auth_registry_session(tmp_path_factory)
