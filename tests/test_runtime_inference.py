@@ -12,13 +12,12 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from support.infer_util import FAKE_SGLANG, ROOT, offline_env, start_inference, stop, wait_http
+from support.infer_util import FAKE_SGLANG, offline_env, run_inference, start_inference, stop, wait_http
 from support.net import free_port
 from support.wait import wait_until
 
@@ -155,46 +154,15 @@ def test_dry_run_prints_redacted_command(tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY + "\n")
     env = offline_env(tmp_path, KAITO_SGLANG_LAUNCHER=f"{sys.executable} {FAKE_SGLANG}")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runtime.inference",
-            "--model",
-            "org/m",
-            "--api-key-file",
-            str(key_file),
-            "--dry-run",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    dry_run = ["--model", "org/m", "--api-key-file", str(key_file), "--dry-run"]
+    out = run_inference(dry_run, env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert API_KEY not in out.stdout + out.stderr
     assert "--api-key" not in out.stdout, "the key never reaches SGLang's command line"
     # without a GPU and without a stand-in, --backend sglang falls back to the CPU server
     env.pop("KAITO_SGLANG_LAUNCHER")
     if not os.path.exists("/dev/nvidia0"):
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "runtime.inference",
-                "--model",
-                "org/m",
-                "--api-key-file",
-                str(key_file),
-                "--dry-run",
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_inference(dry_run, env, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("cpu server")
         assert API_KEY not in out.stdout + out.stderr
@@ -439,14 +407,7 @@ def test_cpu_backend_exits_when_the_model_cannot_load(tmp_path):
         "--host",
         "127.0.0.1",
     ]
-    out = subprocess.run(
-        [sys.executable, "-m", "runtime.inference", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_inference(args, env)
     assert out.returncode == 1, out.stderr
     assert "model folder" in out.stderr and "does not exist" in out.stderr
     assert "Traceback" not in out.stderr

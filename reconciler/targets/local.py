@@ -259,26 +259,20 @@ class LocalTarget:
             if a.source is None or not a.source.name:
                 continue
             if a.source.image:
-                cmd = [
-                    self.python,
-                    "-m",
-                    "runtime.adapters",
-                    "pull",
-                    "--image",
-                    a.source.image,
-                    "--dest",
-                    str(adapters / a.source.name),
-                    "--expect",
-                    "adapter",
-                ]
-                if self.docker_config:
-                    cmd += ["--docker-config", self.docker_config]
-                steps.append(cmd)
+                steps.append(self._pull(a.source.image, adapters / a.source.name, "adapter"))
             elif a.source.volume_source and "hostPath" in a.source.volume_source:
                 (adapters / a.source.name).symlink_to(
                     Path(a.source.volume_source["hostPath"]["path"]).resolve()
                 )
         return steps
+
+    def _pull(self, image: str, dest: Path, expect: str) -> list[str]:
+        """The command that pulls an image's files (an adapter, tuning data) into `dest`."""
+        cmd = [self.python, "-m", "runtime.adapters", "pull", "--image", image, "--dest", str(dest)]
+        cmd += ["--expect", expect]
+        if self.docker_config:
+            cmd += ["--docker-config", self.docker_config]
+        return cmd
 
     def _inference_command(self, plan: WorkspacePlan, folder: Path, port: int) -> list[str]:
         container = plan.objects[-1]["spec"]["template"]["spec"]["containers"][0]
@@ -314,21 +308,7 @@ class LocalTarget:
         elif t.input and t.input.urls:
             steps.append([self.python, "-m", "runtime.data", "fetch", "--dest", str(data), *t.input.urls])
         elif t.input and t.input.image:
-            cmd = [
-                self.python,
-                "-m",
-                "runtime.adapters",
-                "pull",
-                "--image",
-                t.input.image,
-                "--dest",
-                str(data),
-                "--expect",
-                "any",
-            ]
-            if self.docker_config:
-                cmd += ["--docker-config", self.docker_config]
-            steps.append(cmd)
+            steps.append(self._pull(t.input.image, data, "any"))
         output = folder / "output"
         if t.output and t.output.volume_source and "hostPath" in t.output.volume_source:
             output = Path(t.output.volume_source["hostPath"]["path"]).resolve()

@@ -28,6 +28,18 @@ def offline_env(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_inference(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -m runtime.inference ARGS` to the end, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.inference", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def start_inference(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`python -m runtime.inference ARGS`, stdout and stderr into `log`."""
     fh = open(log, "wb")  # noqa: SIM115 - closed with the process by the caller's stop()
