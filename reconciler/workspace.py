@@ -7,6 +7,7 @@ run on every document, so a user sees all problems in one pass.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ class Resource:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: spec_hash is cached on the instance
 class Workspace:
     """One Workspace document, typed, with a pointer back to where it came from."""
 
@@ -202,8 +203,6 @@ class Workspace:
     inference: Inference | None
     tuning: Tuning | None
     document: Document = field(compare=False, repr=False)
-    # a stable digest of the spec and the kaito.sh/ annotations that change rendering
-    spec_hash: str = field(default="", compare=False, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -225,20 +224,25 @@ class Workspace:
             return self.tuning.preset
         return None
 
+    @functools.cached_property
+    def spec_hash(self) -> str:
+        """A stable digest of the spec and the kaito.sh/ annotations that change rendering
+        (computed when first asked: validation alone never needs it)."""
+        d = self.document.data
+        spec = {k: d.get(k) for k in ("resource", "inference", "tuning") if d.get(k) is not None}
+        payload = {
+            "spec": spec,
+            "annotations": {k: v for k, v in self.annotations.items() if k.startswith("kaito.sh/")},
+        }
+        data = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(data.encode()).hexdigest()
+
     @classmethod
     def read(cls, doc: Document, default_namespace: str) -> Workspace:
         d = doc.data
         md = _dict(d, "metadata") or {}
         annotations = {k: str(v) for k, v in (_dict(md, "annotations") or {}).items()}
         api_version = _str(d, "apiVersion") or ""
-        spec = {k: d.get(k) for k in ("resource", "inference", "tuning") if d.get(k) is not None}
-        payload = {
-            "spec": spec,
-            "annotations": {k: v for k, v in annotations.items() if k.startswith("kaito.sh/")},
-        }
-        digest = hashlib.sha256(
-            json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode()
-        ).hexdigest()
         return cls(
             api_version=api_version,
             name=_str(md, "name") or "",
@@ -248,7 +252,6 @@ class Workspace:
             inference=Inference.read(d.get("inference")),
             tuning=Tuning.read(d.get("tuning")),
             document=doc,
-            spec_hash=digest,
         )
 
 

@@ -110,7 +110,8 @@ def validate_sources(
         if hit is None:
             loaded = load_text(path, raw) if max_file_bytes is None else load_text(path, raw, max_file_bytes)
             hit = (loaded, {})
-        used[ckey] = hit
+        if cache is not None:
+            used[ckey] = hit
         loaded, schema_cache = hit
         rev.file_findings.extend(loaded.findings)
         if not loaded.documents and any(f.is_error for f in loaded.findings):
