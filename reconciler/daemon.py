@@ -133,6 +133,10 @@ class Daemon:
         self._validation_cache: dict = {}  # parse + schema results by (path, content)
         self._plan_cache: dict = {}  # plans by everything they depend on but the revision
         self._byo_skus: dict[WorkspaceKey, Sku] = {}  # bring-your-own GPUs, as their node labels say
+        # why workspaces left the repository, as git tells it: "deleted" -> the commit range that
+        # deleted the file; "moved" -> the path it moved to, outside the watched folders
+        self._deleted_in_git: dict[WorkspaceKey, str] = {}
+        self._moved_out: dict[WorkspaceKey, str] = {}
 
     # -- triggers ---------------------------------------------------------------------------
     def poke(self) -> None:
@@ -178,6 +182,7 @@ class Daemon:
             elif key not in desired:
                 self._backoff.pop(key, None)  # its removal starts afresh
                 self._leaving[key] = old  # shown as Deleting until its nodes are released too
+        self._explain_removals(self.revision, rev, present)
         self.validated, self.desired, self.present, self.findings, self.last_good = (
             validated,
             desired,
@@ -197,6 +202,61 @@ class Daemon:
             errors=sum(len(v) for v in findings.values()),
             seconds=round(time.perf_counter() - start, 3),
         )
+
+    def _explain_removals(self, prev: str, rev: str, present: set[WorkspaceKey]) -> None:
+        """Tell a deliberate removal (a commit deleted the file) from an accident (the file moved out
+        of the watched folders, or nothing in git explains why the workspace is gone)."""
+        for key in [k for k in self._deleted_in_git if k in present]:
+            del self._deleted_in_git[key]
+        for key in [k for k in self._moved_out if k in present]:
+            del self._moved_out[key]
+        vanished = {k: p.workspace.path for k, p in self.desired.items() if k not in present}
+        if not vanished or not prev:
+            return
+        try:
+            removals = self.source.removals(prev, rev)
+        except SourceError as e:
+            log.warning("cannot tell how workspaces left git", error=str(e))
+            return
+        for key, path in vanished.items():
+            if path not in removals:
+                continue
+            if removals[path]:
+                self._moved_out[key] = removals[path]
+            else:
+                self._deleted_in_git[key] = f"{path} deleted in {prev[:12]}..{rev[:12]}"
+
+    def _prune_guard(self, removable: set[WorkspaceKey], rev: str) -> bool:
+        """Whether removing every workspace is safe: each one's file was deleted by a commit.
+
+        The guard is for a source that yields nothing by accident (a wrong --path, a folder moved
+        away, a restart that has no history to compare with), not for a commit that deletes the files.
+        """
+        if self.settings.allow_empty_prune:
+            return True
+        accidental = sorted(k for k in removable if k not in self._deleted_in_git)
+        if not accidental:
+            log.info(
+                "every workspace was deleted in git: removing them all",
+                revision=rev[:12],
+                deleted=sorted(self._deleted_in_git[k] for k in removable),
+            )
+            return True
+        moved = {f"{k[0]}/{k[1]}": self._moved_out[k] for k in accidental if k in self._moved_out}
+        why = (
+            f"their files moved outside the watched path(s) {self.settings.paths}: {moved}"
+            if moved
+            else "no commit this daemon has seen deletes their files (a wrong --path, a folder that is not "
+            "there, or a restart after the files were deleted)"
+        )
+        log.error(
+            "refusing to prune every workspace: the repository yields none but the target has some; "
+            "pass --allow-empty-prune if that is intended",
+            revision=rev[:12],
+            workspaces=len(removable),
+            reason=why,
+        )
+        return False
 
     # -- one pass ---------------------------------------------------------------------------
     def run_pass(self) -> PassResult:
@@ -224,13 +284,7 @@ class Daemon:
         unreadable = self.validated.unreadable_files if self.validated else set()
         removable = {k for k in keys - set(self.desired) - self.present if live.get(k, "") not in unreadable}
         result.held = sorted(k for k in keys - set(self.desired) - removable)
-        if removable and not self.present and not self.settings.allow_empty_prune:
-            log.error(
-                "refusing to prune every workspace: the repository yields none but the target has some; "
-                "pass --allow-empty-prune if that is intended",
-                revision=rev[:12],
-                workspaces=len(removable),
-            )
+        if removable and not self.present and not self._prune_guard(removable, rev):
             result.held += sorted(removable)
             removable = set()
         now = time.monotonic()
@@ -349,6 +403,8 @@ class Daemon:
                 if gone and released:
                     self._removing.discard(key)
                     self._leaving.pop(key, None)
+                    self._deleted_in_git.pop(key, None)
+                    self._moved_out.pop(key, None)
                     self.statuses.pop(key, None)
                     self.applied_revision.pop(key, None)
                     log.info("workspace removed", workspace=f"{key[0]}/{key[1]}")

@@ -96,6 +96,28 @@ def test_zero_workspaces_does_not_prune_everything_unless_allowed(git_remote, tm
     assert allowed.removed == [("default", "a")]
 
 
+def test_a_commit_that_deletes_the_last_workspace_removes_it(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a"), "workspaces/b.yaml": smol_ws("b")})
+    d = make_daemon(git_remote, tmp_path)
+    d.run_pass()
+    git_remote.write({"workspaces/a.yaml": None}, "remove a")
+    git_remote.write({"workspaces/b.yaml": None}, "remove b, the last one")  # the folder goes too
+    r = d.run_pass()
+    assert sorted(r.removed) == [("default", "a"), ("default", "b")] and not r.held
+    assert not rendered(tmp_path)
+
+
+def test_the_last_workspace_moved_out_of_the_watched_folder_is_held(git_remote, tmp_path):
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")})
+    d = make_daemon(git_remote, tmp_path)
+    d.run_pass()
+    git_remote.write({"workspaces/a.yaml": None, "elsewhere/a.yaml": smol_ws("a")}, "move the folder")
+    r = d.run_pass()
+    assert not r.removed and r.held == [("default", "a")]
+    assert d._moved_out == {("default", "a"): "elsewhere/a.yaml"}
+    assert "default/a/statefulset-a.yaml" in rendered(tmp_path)
+
+
 def test_one_bad_workspace_does_not_block_the_others(git_remote, tmp_path):
     files = {f"workspaces/w{i}.yaml": smol_ws(f"w{i}") for i in range(5)}
     files["workspaces/bad.yaml"] = smol_ws("bad", preset="nope")

@@ -79,8 +79,7 @@ def test_push_serve_curl_remove_stop(tmp_path, git_remote, smollm_cache):
                 str(tmp_path / "cache"),
                 "--log-format",
                 "json",
-                "--allow-empty-prune",
-            ],  # the test removes the only workspace; the guard is tested elsewhere
+            ],  # no --allow-empty-prune: a commit that deletes the only workspace must stop it
             env=env,
             stdout=logf,
             stderr=subprocess.STDOUT,

@@ -206,6 +206,19 @@ class GitSource:
             raise SourceError("cannot compare revisions that are not both fetched")
         return [p for p in self._git("diff", "--name-only", old, new).splitlines() if p]
 
+    def removals(self, old: str, new: str) -> dict[str, str]:
+        """Files that commits from `old` to `new` deleted -> "" (deleted) or the path they moved to."""
+        if not (self.has_commit(old) and self.has_commit(new)):
+            raise SourceError("cannot compare revisions that are not both fetched")
+        out: dict[str, str] = {}
+        for line in self._git("diff", "--name-status", "-M", "--no-color", old, new).splitlines():
+            parts = line.split("\t")
+            if parts[0] == "D" and len(parts) == 2:
+                out[parts[1]] = ""
+            elif parts[0].startswith("R") and len(parts) == 3:
+                out[parts[1]] = parts[2]
+        return out
+
     def files(
         self, rev: str, prefixes: list[str], max_bytes: int, remember: bool = True
     ) -> list[tuple[str, bytes]]:
