@@ -130,6 +130,11 @@ def cmd_status(args) -> int:
         rev = source.sync()
         files = source.files(rev, [f"{root}status"], 1 << 20)
     except SourceError as e:
+        if f"has no branch {branch}" in str(e) and args.status == "branch":
+            raise UsageError(
+                f"{args.repo} has no branch {branch} yet: the daemon (`kaito-gitops run`) writes it on its "
+                "first pass; start the daemon, or wait for its first pass to finish"
+            ) from None
         raise UsageError(str(e)) from None
     docs = []
     for _path, data in sorted(files):

@@ -137,6 +137,8 @@ class Daemon:
         # deleted the file; "moved" -> the path it moved to, outside the watched folders
         self._deleted_in_git: dict[WorkspaceKey, str] = {}
         self._moved_out: dict[WorkspaceKey, str] = {}
+        if hasattr(target, "on_change"):  # targets that know at once when a workload changes
+            target.on_change = self.poke
 
     # -- triggers ---------------------------------------------------------------------------
     def poke(self) -> None:

@@ -180,9 +180,18 @@ def serve(daemon, cfg: RunConfig, extras: list) -> int:
         secret = cfg.webhook_secret
         receiver = WebhookReceiver(secret) if secret else None
         reviewers = [x for x in extras if hasattr(x, "on_pull_request")]
-        server = ops_server(
-            daemon, address, is_leader=is_leader, receiver=receiver, reviewers=reviewers
-        ).start()
+        try:
+            server = ops_server(
+                daemon, address, is_leader=is_leader, receiver=receiver, reviewers=reviewers
+            ).start()
+        except (OSError, RuntimeError) as e:
+            from .cli import UsageError
+
+            daemon.close()
+            raise UsageError(
+                f"cannot listen on {address[0]}:{address[1]} ({e}); choose another port with --listen "
+                "HOST:PORT (or KAITO_GITOPS_LISTEN), or --listen '' to turn the ops server off"
+            ) from None
         log.info("listening", address=f"{address[0]}:{server.port}", webhook=receiver is not None)
 
     watcher = None
@@ -195,8 +204,9 @@ def serve(daemon, cfg: RunConfig, extras: list) -> int:
         log.info("signal received, finishing the current pass", signal=signal.Signals(signum).name)
         daemon.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP too: closing the terminal must stop the model servers, not leave them under init
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         daemon.run_forever(is_leader)
     finally:

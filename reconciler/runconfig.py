@@ -56,7 +56,7 @@ class RunConfig:
     provisioner: str = ""  # default: aks when AKS settings are given, else none
     kubeconfig: str = ""
     context: str = ""
-    listen: str = ":8080"  # the ops port: health, metrics, webhook ("" = off)
+    listen: str = ""  # the ops port: health, metrics, webhook ("" = off); default by target below
     webhook_secret_file: str = ""
     git_token_file: str = ""
     git_ssh_key_file: str = ""
@@ -171,11 +171,20 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         raise ValueError("--target render needs --out DIR")
     if cfg.status not in ("branch", "tree", "off"):
         raise ValueError(f"--status must be branch, tree or off, not {cfg.status!r}")
+    if not cfg.listen and not _given(args, environ, file_values, "listen"):
+        # a laptop daemon listens on loopback only; a cluster pod must be reachable by its probes
+        cfg.listen = "127.0.0.1:8080" if cfg.target == "local" else ":8080"
     if not cfg.provisioner:
         cfg.provisioner = "aks" if (cfg.aks_cluster and cfg.target == "kubernetes") else "none"
     if cfg.provisioner not in ("aks", "none"):
         raise ValueError(f"--provisioner must be aks or none, not {cfg.provisioner!r}")
     return cfg
+
+
+def _given(args, environ, file_values, name: str) -> bool:
+    return (
+        getattr(args, name, None) is not None or (ENV_PREFIX + name.upper()) in environ or name in file_values
+    )
 
 
 def listen_address(text: str) -> tuple[str, int] | None:

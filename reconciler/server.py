@@ -8,6 +8,7 @@ webhooks only to the replica that acts on them.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -64,6 +65,11 @@ class OpsServer:
         self.thread = threading.Thread(target=self.server.run, name="ops-server", daemon=True)
 
     def start(self, timeout: float = 10.0) -> OpsServer:
+        # bind once ourselves first: uvicorn reports a busy port only in its log, then exits its thread
+        if self.config.port:
+            with socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((self.config.host, self.config.port))
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started and time.monotonic() < deadline:

@@ -118,10 +118,17 @@ class GitSource:
         self.depth = depth
         self._lock = threading.RLock()  # the daemon, the reviewer and the status writer share the repo
         local = Path(repo).expanduser()
-        self.local = local.exists() and not re.match(r"^\w+://", repo)
+        is_url = bool(re.match(r"^[\w+.-]+://", repo) or re.match(r"^[\w.-]+@[\w.-]+:", repo))
+        self.local = not is_url
         if self.local:
+            # a mistyped path is a usage error now, not a remote that fails to fetch forever
+            if not local.is_dir():
+                raise SourceError(f"{repo}: no such directory (give a local repository path or a git URL)")
             self.url = str(local.resolve())
-            self.repo = git.Repo(self.url)
+            try:
+                self.repo = git.Repo(self.url)
+            except git.InvalidGitRepositoryError:
+                raise SourceError(f"{repo} is not a git repository (run `git init` there first)") from None
         else:
             parts = urlsplit(repo)
             if parts.username or parts.password:

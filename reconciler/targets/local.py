@@ -10,6 +10,7 @@ behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -73,6 +74,38 @@ def _drop(args: list[str], name: str, with_value: bool = True) -> list[str]:
     return out
 
 
+PROCESS_FILE = "process.json"
+
+
+def _is_our_process(pid: int, folder: Path) -> bool:
+    """Whether `pid` is alive and still the process we started in `folder` (pids are reused)."""
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return Path(cwd).resolve() == folder.resolve() and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _stop_group(pid: int) -> None:
+    """SIGTERM the process group `pid` leads, then SIGKILL what is left after the grace period."""
+    import time
+
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_GRACE
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def has_gpu() -> bool:
     return shutil.which("nvidia-smi") is not None and importlib.util.find_spec("sglang") is not None
 
@@ -120,6 +153,12 @@ class LocalTarget:
         self.docker_config = docker_config or os.environ.get("KAITO_GITOPS_DOCKER_CONFIG")
         self.workloads: dict[WorkspaceKey, Workload] = {}
         self._lock = threading.Lock()
+        # ports of servers a previous daemon left running, which we stopped: a restarted
+        # workspace gets its old endpoint back
+        self._ports: dict[WorkspaceKey, int] = self._stop_leftovers()
+        # called when a workload's state changes (ready, died, finished): the daemon runs a pass
+        # at once, so status shows it without waiting for the next poll
+        self.on_change = lambda: None
 
     # -- the target interface -----------------------------------------------------------
     def refresh(self) -> None:
@@ -242,7 +281,7 @@ class LocalTarget:
         folder.mkdir(parents=True, exist_ok=True)
         env = {"HF_HOME": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
         if plan.kind == "inference":
-            port = previous.port if previous and previous.port else free_port()
+            port = previous.port if previous and previous.port else self._reuse_port(plan.key)
             steps = self._adapter_steps(plan, folder)
             steps.append(self._inference_command(plan, folder, port))
             return Workload(plan.key, "inference", signature, folder, steps, port, env)
@@ -357,7 +396,48 @@ class LocalTarget:
             cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=w.folder
         )
         proc._kaito_log = logf  # type: ignore[attr-defined]
+        # a daemon killed before it could stop its children finds them again from this file
+        (w.folder / PROCESS_FILE).write_text(
+            json.dumps({"pid": proc.pid, "port": w.port, "argv0": cmd[:3], "workspace": list(w.key)})
+        )
         return proc
+
+    def _stop_leftovers(self) -> dict[WorkspaceKey, int]:
+        """Stop every process a previous daemon started here and did not stop (it was killed, or
+        its terminal closed): never two servers for one workspace. Returns their ports."""
+        ports: dict[WorkspaceKey, int] = {}
+        for f in sorted(self.state_dir.glob(f"*/*/{PROCESS_FILE}")):
+            try:
+                info = json.loads(f.read_text())
+                pid, key = int(info["pid"]), (str(info["workspace"][0]), str(info["workspace"][1]))
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                f.unlink(missing_ok=True)
+                continue
+            (f.parent / "endpoint.json").unlink(missing_ok=True)  # first: it is not serving any more
+            if _is_our_process(pid, f.parent):
+                log.warning(
+                    "stopping a process a previous daemon left running",
+                    workspace=f"{key[0]}/{key[1]}",
+                    pid=pid,
+                    port=info.get("port"),
+                )
+                _stop_group(pid)
+            if info.get("port"):
+                ports[key] = int(info["port"])
+            f.unlink(missing_ok=True)
+        return ports
+
+    def _reuse_port(self, key: WorkspaceKey) -> int:
+        port = self._ports.pop(key, 0)
+        if port:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return port
+                except OSError:
+                    pass  # taken by something else meanwhile
+        return free_port()
 
     @staticmethod
     def _last_line(path: Path) -> str:
@@ -389,6 +469,7 @@ class LocalTarget:
                 w.failures += 1
                 if w.kind == "tuning" and w.failures > TUNING_RETRIES:
                     w.state = "Failed"
+                    self.on_change()
                     return
                 w.stop.wait(delay)
                 delay = min(delay * 2, RESTART_MAX_DELAY)
@@ -407,17 +488,20 @@ class LocalTarget:
             if w.kind == "tuning":
                 if code == 0:
                     w.state, w.error = "Succeeded", ""
+                    self.on_change()
                     return
                 w.failures += 1
                 w.error = f"tuning exited with code {code}: {self._last_line(w.folder / 'tuning.log')}"
                 if w.failures > TUNING_RETRIES:
                     w.state = "Failed"
+                    self.on_change()
                     return
             else:
                 w.restarts += 1
                 w.state = "NotReady"
                 w.error = f"server exited with code {code}: {self._last_line(w.folder / 'server.log')}"
                 (w.folder / "endpoint.json").unlink(missing_ok=True)
+                self.on_change()
                 log.warning(
                     "local server died; restarting",
                     workspace=f"{w.key[0]}/{w.key[1]}",
@@ -448,8 +532,10 @@ class LocalTarget:
                     json.dumps({"endpoint": w.endpoint, "state": "Ready"})
                 )
                 log.info("serving", workspace=f"{w.key[0]}/{w.key[1]}", endpoint=w.endpoint)
+                self.on_change()
             elif not healthy and w.state == "Ready":
                 w.state = "NotReady"
+                self.on_change()
 
     def _stop(self, w: Workload) -> None:
         w.stop.set()
@@ -466,3 +552,5 @@ class LocalTarget:
                     pass
         if w.thread is not None and w.thread is not threading.current_thread():
             w.thread.join(timeout=STOP_GRACE + 5)
+        (w.folder / PROCESS_FILE).unlink(missing_ok=True)
+        (w.folder / "endpoint.json").unlink(missing_ok=True)  # nothing serves there now
