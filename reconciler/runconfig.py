@@ -121,24 +121,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for every RunConfig field; defaults are None so we can tell 'not given'."""
     p.add_argument("--config", help="YAML file with the same settings (flag names without dashes)")
     help_text = {
-        "repo": "git URL or local path of the repository to watch",
-        "path": "folder in the repository (repeatable)",
-        "target": "kubernetes | local | render",
-        "out": "folder for the render target",
+        "repo": "git URL or local path of the repository to watch (required)",
+        "branch": "branch to watch",
+        "path": "folder in the repository to read workspaces from (repeatable; default: the whole repository)",
+        "target": "where workloads run: kubernetes | local | render",
+        "out": "folder the render target writes to",
         "once": "run one pass and exit (exit code 1 when a workspace failed)",
         "interval": "how often to check git and observe every workspace (30s, 5m); webhooks act at once",
-        "listen": "host:port for /healthz, /readyz, /metrics and /webhook ('' to turn off)",
-        "provisioner": "none (bring your own nodes) | aks",
-        "status": "branch | tree | off",
+        "namespace": "namespace for workspaces that do not set metadata.namespace",
+        "cache_dir": "where remote repositories are fetched to",
+        "workers": "workspaces reconciled in parallel",
+        "allow_empty_prune": "remove every workspace even when nothing in git says their files were deleted",
+        "provisioner": "GPU nodes: none (bring your own) | aks (default: aks when --aks-cluster is set)",
+        "kubeconfig": "kubeconfig file (default: in-cluster, then ~/.kube/config)",
+        "context": "kubeconfig context",
+        "listen": "host:port for /healthz, /readyz, /metrics and /webhook ('' = off; default 127.0.0.1:8080 "
+        "for the local target, :8080 otherwise)",
+        "webhook_secret_file": "file with the GitHub webhook secret (or KAITO_GITOPS_WEBHOOK_SECRET); "
+        "without one /webhook answers 404",
+        "git_token_file": "file with an HTTPS token for the repository",
+        "git_ssh_key_file": "SSH private key for the repository",
+        "git_known_hosts_file": "known_hosts for SSH (turns on strict host key checking)",
+        "leader_election": "take a Lease before reconciling (several replicas)",
+        "lease_namespace": "namespace of the Lease (default: the pod's)",
+        "lease_name": "name of the Lease",
+        "log_format": "json | text",
+        "log_level": "debug | info | warning | error",
+        "inference_image": "image of inference pods",
+        "tuning_image": "image of tuning Jobs",
+        "image_pull_secret": "pull secret for the kaito-gitops images (repeatable)",
+        "aks_subscription": "Azure subscription of the AKS cluster",
+        "aks_resource_group": "resource group of the AKS cluster",
+        "aks_cluster": "AKS cluster whose agent pools the daemon manages",
+        "arm_endpoint": "Azure Resource Manager endpoint",
+        "arm_audience": "token audience when --arm-endpoint is not a known cloud's",
+        "authority_host": "Entra ID authority host",
+        "status": "where status goes: branch | tree | off",
+        "status_branch": "branch status commits go to (--status branch)",
+        "status_dir": "folder on the watched branch for status files (--status tree)",
+        "github_repo": "owner/name: review pull requests there",
+        "github_api_url": "GitHub API address (GitHub Enterprise: https://HOST/api/v3)",
+        "github_token_file": "file with a GitHub token for reviews",
+        "github_app_id": "GitHub App id (instead of a token)",
+        "github_app_key_file": "GitHub App private key file",
+        "github_installation_id": "GitHub App installation id",
+        "review_interval": "how often open pull requests are checked without a webhook",
+        "local_state_dir": "where the local target keeps logs, data and endpoints",
     }
+    defaults = RunConfig()
     for f in fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        shown = "" if default in ("", [], False) else f"; default {default!r}"
+        help_line = f"{help_text[f.name]}{shown}; env {ENV_PREFIX}{f.name.upper()}".replace("%", "%%")
         if f.name in _BOOLS:
-            p.add_argument(flag, action="store_const", const=True, default=None, help=help_text.get(f.name))
+            p.add_argument(flag, action="store_const", const=True, default=None, help=help_line)
         elif f.name in _LISTS:
-            p.add_argument(flag, action="append", default=None, help=help_text.get(f.name))
+            p.add_argument(flag, action="append", default=None, help=help_line)
         else:
-            p.add_argument(flag, default=None, help=help_text.get(f.name))
+            p.add_argument(flag, default=None, help=help_line)
 
 
 def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> RunConfig:
