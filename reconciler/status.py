@@ -97,6 +97,7 @@ class Observation:
     endpoint: str = ""
     process_error: str = ""  # local target: why the process is not running
     rendered: bool = False  # the render target only writes files: nothing runs
+    notes: tuple[str, ...] = ()  # what the target left undone on purpose (e.g. an output not pushed)
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,9 @@ def derive(obs: Observation, resource: ResourceStatus, *, last_error: str = "") 
         problem = ("ContainerStartError", obs.process_error)
     if job.succeeded > 0:
         started = Condition("JobStarted", "True", JOB_STARTED, "tuning job started")
-        done = Condition("WorkspaceSucceeded", "True", SUCCEEDED, "tuning job finished")
+        done = Condition(
+            "WorkspaceSucceeded", "True", SUCCEEDED, _short("; ".join(("tuning job finished", *obs.notes)))
+        )
         state = "Succeeded"
     elif job.failed > 0 and job.active == 0:
         msg = job.failed_message or (problem[1] if problem else "the tuning job failed")

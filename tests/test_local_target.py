@@ -191,3 +191,67 @@ def live_in_group(pgid: int) -> int:
         if int(fields[2]) == pgid and fields[0] != "Z":
             count += 1
     return count
+
+
+def test_tuning_a_preset_too_large_to_train_here_is_refused_before_downloading(tmp_path):
+    from reconciler.catalog import load_catalog
+    from reconciler.targets.local import CPU_TUNING_BYTES_PER_PARAM, available_memory
+
+    need = load_catalog().model("phi-3-mini-128k-instruct").parameters_b * 1e9 * CPU_TUNING_BYTES_PER_PARAM
+    if available_memory() >= need:
+        pytest.skip("this machine has the memory to train Phi-3 on CPU")
+    ws = (
+        Path(__file__).resolve().parent.parent / "example-repo" / "workspaces" / "tuning-phi-3.yaml"
+    ).read_text()
+    remote = GitRemote(tmp_path / "git")
+    remote.write({"workspaces/tune.yaml": ws})
+    target = LocalTarget(tmp_path / "state", docker_config="")
+    d = Daemon(
+        GitSource(remote.url, "main", tmp_path / "cache"),
+        target,
+        NoneProvisioner(),
+        DaemonSettings(paths=["workspaces"], target_name="local"),
+    )
+    try:
+        d.run_pass()
+        [rep] = d.reports()
+        assert rep.status.state == "Failed", rep.status
+        message = rep.status.condition("WorkspaceSucceeded").message
+        assert "phi-3-mini-128k-instruct needs about" in message and "to train on CPU" in message
+        assert "nothing was downloaded" in message
+        assert target.workloads[("llm", "tuning-phi-3")].proc is None, "nothing was started"
+    finally:
+        d.close()
+
+
+def test_an_image_output_without_push_credentials_says_it_was_not_pushed(tmp_path, monkeypatch):
+    hf_home = tmp_path / "hf"
+    hf_cache_with(build_tiny_model(tmp_path / "tiny"), hf_home, "kaito-test/tiny-llama")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("KAITO_GITOPS_DOCKER_CONFIG", raising=False)
+    data = tmp_path / "data"
+    dolly(data, rows=8)
+    ws = TUNING.replace("{data}", str(data)).replace("max_steps: 12", "max_steps: 2")
+    ws = ws.replace(
+        "  output:\n    volumeSource:\n      hostPath:\n        path: {out}\n",
+        "  output:\n    image: 127.0.0.1:5999/adapters/tiny:0.1\n    imagePushSecret: local-push\n",
+    )
+    remote = GitRemote(tmp_path / "git")
+    remote.write({"workspaces/tune.yaml": ws})
+    d = Daemon(
+        GitSource(remote.url, "main", tmp_path / "cache"),
+        LocalTarget(tmp_path / "state", cache_dir=hf_home),
+        NoneProvisioner(),
+        DaemonSettings(paths=["workspaces"], target_name="local"),
+    )
+    try:
+        d.run_pass()
+        run_passes_until(d, lambda: d.reports()[0].status.state in ("Succeeded", "Failed"), 240, step=0.5)
+        status = d.reports()[0].status
+        assert status.state == "Succeeded", status
+        message = status.condition("WorkspaceSucceeded").message
+        assert "not pushed to 127.0.0.1:5999/adapters/tiny:0.1" in message
+        assert "KAITO_GITOPS_DOCKER_CONFIG" in message
+    finally:
+        d.close()

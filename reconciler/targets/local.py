@@ -40,6 +40,8 @@ RESTART_MAX_DELAY = 60.0
 TUNING_RETRIES = 2  # like the Job's backoffLimit
 STOP_GRACE = 10.0
 CPU_BYTES_PER_PARAM = 4 * 1.3  # fp32 weights on CPU plus activations and the Python process
+# training loads fp32 weights and quantizes them (two copies at the peak), then adds activations
+CPU_TUNING_BYTES_PER_PARAM = 4 * 2.0
 
 
 def free_port() -> int:
@@ -159,6 +161,7 @@ class LocalTarget:
         # called when a workload's state changes (ready, died, finished): the daemon runs a pass
         # at once, so status shows it without waiting for the next poll
         self.on_change = lambda: None
+        self._notes: dict[WorkspaceKey, list[str]] = {}  # what this machine did not do, said in status
 
     # -- the target interface -----------------------------------------------------------
     def refresh(self) -> None:
@@ -242,7 +245,7 @@ class LocalTarget:
         job = JobState(
             active=1 if w.state == "Running" else 0,
             succeeded=1 if w.state == "Succeeded" else 0,
-            failed=w.failures if w.state == "Failed" else 0,
+            failed=max(w.failures, 1) if w.state == "Failed" else 0,  # a refusal fails at once
             failed_message=w.error,
         )
         return Observation(
@@ -251,6 +254,7 @@ class LocalTarget:
             job=job,
             progress=progress,
             process_error=w.error if w.state == "Failed" and not w.failures else "",
+            notes=tuple(self._notes.get(key, ())),
         )
 
     def close(self) -> None:
@@ -263,15 +267,21 @@ class LocalTarget:
     # -- building commands ----------------------------------------------------------------
     def _refuse(self, plan: WorkspacePlan) -> str:
         """A model this machine cannot hold is refused with the numbers, before downloading anything."""
-        if plan.model is None or plan.kind != "inference" or has_gpu():
+        if plan.model is None or has_gpu():
             return ""
-        need = plan.model.parameters_b * 1e9 * CPU_BYTES_PER_PARAM
+        tuning = plan.kind == "tuning"
+        need = plan.model.parameters_b * 1e9 * (CPU_TUNING_BYTES_PER_PARAM if tuning else CPU_BYTES_PER_PARAM)
         have = available_memory()
         if have and need > have:
+            what = (
+                "to train on CPU (weights loaded in fp32, then quantized, plus activations)"
+                if tuning
+                else ("on CPU (parameters in fp32)")
+            )
             return (
-                f"{plan.model.name} needs about {need / GIB:.1f} GiB of memory on CPU ({plan.model.parameters_b:g}B "
-                f"parameters in fp32), this machine has {have / GIB:.1f} GiB available; run it in a cluster or "
-                "pick a smaller preset such as smollm2-135m-instruct"
+                f"{plan.model.name} needs about {need / GIB:.1f} GiB of memory {what}: "
+                f"{plan.model.parameters_b:g}B parameters, and this machine has {have / GIB:.1f} GiB available; "
+                "nothing was downloaded. Run it in a cluster or pick a smaller preset such as smollm2-135m-instruct"
             )
         return ""
 
@@ -358,6 +368,7 @@ class LocalTarget:
         progress = folder / "progress.json"
         progress.unlink(missing_ok=True)
         model = plan.model.huggingface if plan.model else (t.preset.name if t.preset else "")
+        skipped: list[str] = []
         cmd = [
             self.python,
             "-m",
@@ -377,6 +388,12 @@ class LocalTarget:
             "--progress-file",
             str(progress),
         ]
+        if t.output and t.output.image and not self.docker_config:
+            skipped.append(
+                f"the adapter is not pushed to {t.output.image}: set KAITO_GITOPS_DOCKER_CONFIG to a "
+                "dockerconfigjson file with push credentials for that registry (the local target's "
+                "imagePushSecret); it stays in " + str(output)
+            )
         if t.output and t.output.image and self.docker_config:
             cmd += [
                 "--push-image",
@@ -386,6 +403,7 @@ class LocalTarget:
                 "--model-name",
                 plan.model.name if plan.model else model,
             ]
+        self._notes[plan.key] = skipped
         return [*steps, cmd], progress
 
     # -- supervision ----------------------------------------------------------------------
@@ -488,6 +506,8 @@ class LocalTarget:
             if w.kind == "tuning":
                 if code == 0:
                     w.state, w.error = "Succeeded", ""
+                    for note in self._notes.get(w.key, ()):
+                        log.warning("tuning output not pushed", workspace=f"{w.key[0]}/{w.key[1]}", why=note)
                     self.on_change()
                     return
                 w.failures += 1
