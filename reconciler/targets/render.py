@@ -7,6 +7,7 @@ a folder a second tool watches. Files are replaced atomically (temp file + renam
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -78,8 +79,10 @@ class RenderTarget:
             result.deleted = sorted(p.name for p in folder.glob("*.yaml"))
             result.writes = len(result.deleted)
             shutil.rmtree(folder)
-            if folder.parent.exists() and not any(folder.parent.iterdir()):
-                folder.parent.rmdir()
+            # workers remove workspaces of one namespace at once: another may take the folder first
+            with contextlib.suppress(OSError):
+                if not any(folder.parent.iterdir()):
+                    folder.parent.rmdir()
         self._live.pop(key, None)
         self._rendered.pop(key, None)
         return True, result
