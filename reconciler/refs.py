@@ -31,6 +31,37 @@ def dns1123_label_problem(value: str, what: str = "name") -> str | None:
     return None
 
 
+def dns1123_subdomain_problem(value: str, what: str = "name") -> str | None:
+    """Names of Secrets, ConfigMaps and PersistentVolumeClaims: what Kubernetes accepts."""
+    if not value:
+        return f"{what} is empty"
+    if len(value) > 253:
+        return f"{what} '{value[:40]}...' is {len(value)} characters; the limit is 253"
+    if not DNS1123_SUBDOMAIN.match(value):
+        return (
+            f"{what} '{value}' must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit"
+        )
+    return None
+
+
+# What people leave in a file copied from docs or a template: ACR_SECRET_HERE, <your-secret>,
+# ${SECRET}, {{ .Values.secret }}, your-secret, changeme.
+_PLACEHOLDER = re.compile(
+    r"^(?:[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+"
+    r"|.*[-_](?i:here)"
+    r"|<[^>]*>"
+    r"|\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*"
+    r"|\{\{.*\}\}"
+    r"|(?i:your)[-_].*"
+    r"|(?i:changeme|change-me|replace-?me|todo|tbd|xxx+))$"
+)
+
+
+def looks_like_placeholder(value: str) -> bool:
+    return bool(_PLACEHOLDER.match(value.strip()))
+
+
 def label_key_problem(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):

@@ -406,6 +406,62 @@ CASES = [
             "    volumeSource:\n      hostPath: {path: /data}\n",
         ),
     ),
+    # --- names of referenced Secrets, ConfigMaps and PVCs --------------------------------
+    (
+        "reference-placeholder",
+        18,
+        "replace this placeholder with the name of a Secret in namespace default",
+        TUNE.replace("imagePushSecret: push", "imagePushSecret: ACR_REGISTRY_SECRET_HERE"),
+    ),
+    (
+        "reference-placeholder",
+        14,
+        "'<your-secret>' looks like a placeholder",
+        INFER + "    presetOptions:\n      modelAccessSecret: <your-secret>\n",
+    ),
+    (
+        "reference-placeholder",
+        16,
+        "replace this placeholder",
+        INFER + "    presetOptions:\n      imagePullSecrets:\n        - ok\n        - ${PULL_SECRET}\n",
+    ),
+    (
+        "reference-name-invalid",
+        18,
+        "Secret name 'Push_Secret' is not a name Kubernetes accepts",
+        TUNE.replace("imagePushSecret: push", "imagePushSecret: Push_Secret"),
+    ),
+    (
+        "reference-name-invalid",
+        13,
+        "ConfigMap name 'My Config'",
+        INFER + "  config: My Config\n",
+    ),
+    (
+        "reference-name-invalid",
+        17,
+        "PersistentVolumeClaim name 'data/set'",
+        TUNE.replace(
+            '    urls: ["https://example.com/data.parquet"]\n',
+            "    volumeSource:\n      persistentVolumeClaim:\n        claimName: data/set\n",
+        ),
+    ),
+    (
+        "reference-name-invalid",
+        17,
+        "ConfigMap name '-adapters'",
+        INFER
+        + "  adapters:\n    - source:\n        name: a\n        volumeSource:\n"
+        + "          projected: {sources: [{configMap: {name: -adapters}}]}\n",
+    ),
+    (
+        "reference-name-invalid",
+        17,
+        "Secret name 'Pull'",
+        INFER
+        + "  adapters:\n    - source:\n        name: a\n        image: reg.io/a:1\n"
+        + "        imagePullSecrets: [Pull]\n",
+    ),
     (
         "config-map-not-in-repo",
         13,
@@ -536,6 +592,21 @@ def test_training_config_rule(validate, rule, line, words, body):
     hits = [f for f in rev.findings if f.rule == rule]
     assert hits, "; ".join(f.text() for f in rev.findings)
     assert any(f.line == line and words in f.message for f in hits), [f.text() for f in hits]
+
+
+def test_a_placeholder_kubernetes_would_accept_is_a_warning_and_real_names_pass(validate):
+    rev = validate(TUNE.replace("imagePushSecret: push", "imagePushSecret: your-push-secret"))
+    (hit,) = [f for f in rev.findings if f.rule == "reference-placeholder"]
+    assert hit.severity.value == "warning" and hit.line == 18
+    for name in ("acr-push", "acr.push-1", "a" * 253):
+        rev = validate(TUNE.replace("imagePushSecret: push", f"imagePushSecret: {name}"))
+        assert not [f for f in rev.findings if f.rule.startswith("reference-")], name
+
+
+def test_a_huge_reference_name_is_shortened_in_the_message(validate):
+    rev = validate(TUNE.replace("imagePushSecret: push", "imagePushSecret: " + "A" * 5000))
+    (hit,) = [f for f in rev.findings if f.rule == "reference-name-invalid"]
+    assert len(hit.message) < 400 and "..." in hit.message
 
 
 def test_duplicate_workspace_names_both_files(validate):

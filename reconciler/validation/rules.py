@@ -23,7 +23,14 @@ from ..configs import (
 )
 from ..findings import Finding, Severity
 from ..loading import Path
-from ..refs import dns1123_label_problem, image_ref_problem, label_key_problem, label_value_problem
+from ..refs import (
+    dns1123_label_problem,
+    dns1123_subdomain_problem,
+    image_ref_problem,
+    label_key_problem,
+    label_value_problem,
+    looks_like_placeholder,
+)
 from ..sizing import DoesNotFit, Overrides, size_inference, size_tuning
 from ..workspace import ConfigMap, DataSource, Workspace
 
@@ -349,6 +356,8 @@ def _map_issue(ws: Workspace, cm: ConfigMap, key: str, issue: ConfigIssue, inner
 def _configmap(
     ws: Workspace, ctx: Context, name: str, key: str, at: Path
 ) -> tuple[ConfigMap | None, list[Finding]]:
+    if not _usable_name(name):
+        return None, []  # check_references says what is wrong with the name
     cm = ctx.configmaps.get((ws.namespace, name))
     if cm is None:
         return None, [
@@ -407,6 +416,96 @@ def check_tuning_config(ws: Workspace, ctx: Context) -> Iterator[Finding]:
     inner = merged.document.positions if merged.document else None
     for issue in merged.issues:
         yield _map_issue(ws, cm, TRAINING_KEY, issue, inner)
+
+
+# --------------------------------------------------------------------------------------
+# names of the Secrets, ConfigMaps and PVCs a workspace refers to
+# --------------------------------------------------------------------------------------
+
+# Where a volumeSource names another object: (path inside the volumeSource, kind).
+_VOLUME_REFS = (
+    (("persistentVolumeClaim", "claimName"), "PersistentVolumeClaim"),
+    (("secret", "secretName"), "Secret"),
+    (("configMap", "name"), "ConfigMap"),
+)
+
+
+def _at(data, path: Path):
+    for p in path:
+        if isinstance(p, int):
+            if not isinstance(data, list) or p >= len(data):
+                return None
+        elif not isinstance(data, dict) or p not in data:
+            return None
+        data = data[p]
+    return data
+
+
+def _volume_refs(source, at: Path) -> Iterator[tuple[Path, str]]:
+    if not isinstance(source, dict):
+        return
+    for inner, kind in _VOLUME_REFS:
+        yield (*at, *inner), kind
+    sources = _at(source, ("projected", "sources"))
+    for i in range(len(sources) if isinstance(sources, list) else 0):
+        for key, kind in (("secret", "Secret"), ("configMap", "ConfigMap")):
+            yield (*at, "projected", "sources", i, key, "name"), kind
+
+
+def _reference_paths(data: dict) -> Iterator[tuple[Path, str]]:
+    """Every place a workspace names a Secret, ConfigMap or PVC, with that object's kind."""
+    for section in ("inference", "tuning"):
+        opts = (section, "preset", "presetOptions")
+        pulls = _at(data, (*opts, "imagePullSecrets"))
+        for i in range(len(pulls) if isinstance(pulls, list) else 0):
+            yield (*opts, "imagePullSecrets", i), "Secret"
+        yield (*opts, "modelAccessSecret"), "Secret"
+        yield (section, "config"), "ConfigMap"
+    adapters = _at(data, ("inference", "adapters"))
+    for i in range(len(adapters) if isinstance(adapters, list) else 0):
+        src = ("inference", "adapters", i, "source")
+        pulls = _at(data, (*src, "imagePullSecrets"))
+        for j in range(len(pulls) if isinstance(pulls, list) else 0):
+            yield (*src, "imagePullSecrets", j), "Secret"
+        yield from _volume_refs(_at(data, (*src, "volumeSource")), (*src, "volumeSource"))
+    pulls = _at(data, ("tuning", "input", "imagePullSecrets"))
+    for i in range(len(pulls) if isinstance(pulls, list) else 0):
+        yield ("tuning", "input", "imagePullSecrets", i), "Secret"
+    yield ("tuning", "output", "imagePushSecret"), "Secret"
+    for part in ("input", "output"):
+        at = ("tuning", part, "volumeSource")
+        yield from _volume_refs(_at(data, at), at)
+
+
+def _usable_name(value: str) -> bool:
+    return dns1123_subdomain_problem(value) is None and not looks_like_placeholder(value)
+
+
+def check_references(ws: Workspace, ctx: Context) -> Iterator[Finding]:
+    for path, kind in _reference_paths(ws.document.data):
+        value = _at(ws.document.data, path)
+        if not isinstance(value, str) or _usable_name(value):
+            continue  # absent or the wrong type (the schema says so), or fine
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        invalid = dns1123_subdomain_problem(value) is not None
+        if looks_like_placeholder(value):
+            # an error when Kubernetes would refuse the name, a warning when it would not
+            yield _f(
+                ws,
+                path,
+                "reference-placeholder",
+                f"'{shown}' looks like a placeholder: replace this placeholder with the name of a {kind} "
+                f"in namespace {ws.namespace}",
+                E if invalid else W,
+            )
+        else:
+            yield _f(
+                ws,
+                path,
+                "reference-name-invalid",
+                f"{kind} name '{shown}' is not a name Kubernetes accepts: a DNS-1123 subdomain of lower-case "
+                "letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters",
+            )
 
 
 # --------------------------------------------------------------------------------------
@@ -695,6 +794,7 @@ WORKSPACE_RULES = (
     check_fits,
     check_adapters,
     check_tuning,
+    check_references,
 )
 
 
