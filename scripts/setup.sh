@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
+# Where CPU builds of torch live; a mirror of it can be named instead.
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu/}
 "$PY" - <<'PYCHECK' || { echo "kaito-gitops needs Python 3.11 or newer (found $("$PY" --version 2>&1))" >&2; exit 2; }
 import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
@@ -38,8 +40,8 @@ if [ "$want_ml" = 1 ]; then
   # it can be reached; machines with a local wheel (pip find-links) take that instead.
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     step "installing torch ${TORCH_VERSION:-2.13.0} (CPU)"
-    if [ -z "${PIP_FIND_LINKS:-}" ] && .venv/bin/python -c "import urllib.request as u; u.urlopen('https://download.pytorch.org/whl/cpu/', timeout=3)" 2>/dev/null; then
-      "${PIP[@]}" install "torch==${TORCH_VERSION:-2.13.0}" --index-url https://download.pytorch.org/whl/cpu 2>&1 | quiet
+    if [ -z "${PIP_FIND_LINKS:-}" ] && .venv/bin/python -c "import urllib.request as u; u.urlopen('$TORCH_CPU_INDEX', timeout=3)" 2>/dev/null; then
+      "${PIP[@]}" install "torch==${TORCH_VERSION:-2.13.0}" --index-url "$TORCH_CPU_INDEX" 2>&1 | quiet
     else
       # No CPU index: take torch only where it is a CPU build (a local wheel from find-links, a
       # +cpu build, or macOS, where PyPI's torch is CPU). On Linux PyPI's torch is the multi-GB CUDA
@@ -51,7 +53,7 @@ if [ "$want_ml" = 1 ]; then
         *) ok=0; [ "$(uname -s)" = Darwin ] && ok=1; [ "${TORCH_ALLOW_CUDA:-0}" = 1 ] && ok=1 ;;
       esac
       if [ "$ok" != 1 ]; then
-        echo "setup: cannot reach the CPU PyTorch index (https://download.pytorch.org/whl/cpu), and the only" >&2
+        echo "setup: cannot reach the CPU PyTorch index ($TORCH_CPU_INDEX), and the only" >&2
         echo "torch ${TORCH_VERSION:-2.13.0} found is ${url:-none}: on Linux that is the multi-GB CUDA build." >&2
         echo "Give a CPU wheel with PIP_FIND_LINKS=DIR, fix the network, or set TORCH_ALLOW_CUDA=1 to take it." >&2
         exit 2
