@@ -1,5 +1,6 @@
 """A newcomer's first hour, scripted: README command 1's daemon on a local repository, then the
-status command, a crash and a restart, closing the terminal (SIGHUP), and removing the workspace.
+status command, a crash and a restart, closing the terminal (SIGHUP), an edit, and removing the
+workspace.
 
 Each step asserts what the user would see: the endpoint, `kaito-gitops status` saying Ready with
 the endpoint right after "serving at" (not a poll later), one server per workspace whatever
@@ -23,6 +24,17 @@ from support.workspaces import SMOL
 from test_e2e_local import processes_mentioning
 
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
+
+SERVING = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: smollm2-serving
+data:
+  inference_config.yaml: |
+    sglang:
+      context-length: 256
+"""
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "newcomer",
@@ -153,10 +165,32 @@ def test_newcomer_status_restart_sighup_and_removal(tmp_path, smollm_cache):
         assert daemon.wait(60) == 0
         assert not processes_mentioning(str(state / "default"))
 
-        # started again, then the workspace file is removed in a commit: the server stops
+        # started again, then an edit in git: a serving config limiting the context to 256 tokens.
+        # The server restarts with it, status names the new revision, and a long prompt is refused.
         daemon = start()
         endpoint = serving()
-        git(repo, "rm", "-q", "workspaces/smollm2.yaml")
+        before_edit = processes_mentioning(str(folder))
+        (repo / "workspaces" / "serving.yaml").write_text(SERVING)
+        (repo / "workspaces" / "smollm2.yaml").write_text(SMOL + "  config: smollm2-serving\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "SmolLM2: 256-token context")
+        head = git(repo, "rev-parse", "HEAD").strip()
+
+        def applied_edit():
+            docs = status_ready()
+            return docs if docs and docs[0]["source"]["appliedRevision"] == head else None
+
+        [doc] = wait_until(
+            applied_edit, 300, "status Ready at the edited revision", step=0.5, proc=daemon, log=log
+        )
+        assert doc["endpoint"] == endpoint  # the workspace keeps its port across a restart
+        assert not set(before_edit) & set(processes_mentioning(str(folder)))
+        long = {"messages": [{"role": "user", "content": "word " * 400}], "max_tokens": 8}
+        r = httpx.post(f"{endpoint}/v1/chat/completions", json=long, timeout=120)
+        assert r.status_code == 400 and "maximum context length is 256" in r.text, r.text
+
+        # the workspace file is removed in a commit: the server stops
+        git(repo, "rm", "-q", "workspaces/smollm2.yaml", "workspaces/serving.yaml")
         git(repo, "commit", "-q", "-m", "remove SmolLM2")
         wait_until(
             lambda: not processes_mentioning(str(state / "default")),

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.net import free_port
-from tests.support.wheels import make_wheel, serve_dir, write_index
+from support.net import free_port
+from support.wheels import make_wheel, serve_dir, write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = ROOT / "tests" / "support"
