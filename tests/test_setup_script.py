@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from support.net import free_port
 from support.wheels import make_wheel, serve_dir, write_index
 
