@@ -459,6 +459,14 @@ class Daemon:
         self.metrics.workspaces.clear()
         for state, n in counts.items():
             self.metrics.workspaces.labels(state=state).set(n)
+        # conditions are set afresh each pass, so a removed workspace's series go with it
+        self.metrics.condition.clear()
+        for (ns, name), st in self.statuses.items():
+            for c in st.conditions:
+                self.metrics.condition.labels(namespace=ns, workspace=name, condition=c.type).set(
+                    1 if c.status == "True" else 0
+                )
+        self.metrics.in_backoff.set(len(self._backoff))
 
     # -- reports --------------------------------------------------------------------------------
     def reports(self) -> list[WorkspaceReport]:
@@ -548,6 +556,7 @@ class Daemon:
                     self._global_failures = 0
                 except Exception as e:  # source or target unreachable: back off, keep serving health
                     self._global_failures += 1
+                    self.metrics.pass_failures.inc()
                     log.error(
                         "pass failed",
                         error=error_text(e),

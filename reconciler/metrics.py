@@ -49,6 +49,26 @@ class Metrics:
             registry=r,
         )
         self.workspaces = Gauge("kaito_gitops_workspaces", "Workspaces by state", ["state"], registry=r)
+        self.pass_failures = Counter(
+            "kaito_gitops_pass_failures_total",
+            "Passes that failed as a whole (the repository could not be fetched or loaded)",
+            registry=r,
+        )
+        self.in_backoff = Gauge(
+            "kaito_gitops_workspaces_in_backoff", "Workspaces waiting to retry after a failure", registry=r
+        )
+        self.condition = Gauge(
+            "kaito_gitops_workspace_condition",
+            "1 when the workspace's condition is True, 0 when False or Unknown",
+            ["namespace", "workspace", "condition"],
+            registry=r,
+        )
+        self.webhook_requests = Counter(
+            "kaito_gitops_webhook_requests_total",
+            "Webhook deliveries by HTTP status answered",
+            ["code"],
+            registry=r,
+        )
         self.revision_info = Gauge(
             "kaito_gitops_revision_info", "The revision being reconciled", ["revision"], registry=r
         )

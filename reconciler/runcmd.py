@@ -156,6 +156,7 @@ def ops_server(daemon, address: tuple[str, int], *, is_leader=lambda: True, rece
         receiver=receiver,
         on_push=on_push,
         on_pull_request=on_pr,
+        count_webhook=lambda status: daemon.metrics.webhook_requests.labels(code=str(status)).inc(),
     )
 
 

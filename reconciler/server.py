@@ -37,10 +37,12 @@ class OpsServer:
         receiver: WebhookReceiver | None = None,
         on_push: Callable[[PushEvent], None] | None = None,
         on_pull_request: Callable[[PullRequestEvent], None] | None = None,
+        count_webhook: Callable[[int], None] = lambda status: None,
     ):
         self.receiver = receiver
         self.on_push = on_push
         self.on_pull_request = on_pull_request
+        self._count_webhook = count_webhook
         self._metrics_text = metrics_text
         self._healthy = healthy
         self._ready = ready
@@ -101,6 +103,11 @@ class OpsServer:
         return PlainTextResponse(self._metrics_text(), media_type="text/plain; version=0.0.4")
 
     async def webhook(self, request: Request) -> Response:
+        response = await self._webhook(request)
+        self._count_webhook(response.status_code)
+        return response
+
+    async def _webhook(self, request: Request) -> Response:
         if self.receiver is None:
             return JSONResponse({"message": "webhooks are not configured"}, status_code=404)
         body = bytearray()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -195,6 +196,14 @@ def test_webhook_triggers_a_pass_and_bad_signatures_do_not(git_remote, tmp_path)
         with urllib.request.urlopen(url + "/metrics") as r:
             text = r.read().decode()
         assert "kaito_gitops_pass_duration_seconds_count" in text and "kaito_gitops_applies_total" in text
+        # what the alerts in deploy/components/monitoring read
+        assert 'kaito_gitops_webhook_requests_total{code="401"} 2.0' in text
+        assert 'kaito_gitops_webhook_requests_total{code="202"} 2.0' in text
+        assert 'kaito_gitops_webhook_requests_total{code="413"} 1.0' in text
+        assert re.search(
+            r'kaito_gitops_workspace_condition\{condition="\w+",namespace="default",workspace="b"\}', text
+        )
+        assert "kaito_gitops_workspaces_in_backoff 0.0" in text
         leader.clear()
         assert http_status(url + "/readyz") == 503, "a replica that lost the lease is not ready"
 

@@ -110,7 +110,9 @@ def daemon_container(objs) -> dict:
 
 def test_the_layout_is_what_the_docs_describe():
     assert {"base", "overlays/aks", "overlays/byo-nodes"} <= set(BUILDABLE)
-    assert {"components/webhook-ingress", "components/servicemonitor"} <= set(COMPONENTS)
+    assert {"components/webhook-ingress", "components/servicemonitor", "components/monitoring"} <= set(
+        COMPONENTS
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +165,59 @@ SERVICE_MONITOR_SCHEMA = {
         },
     },
 }
-HAND_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA}
+# monitoring.coreos.com/v1 PrometheusRule: groups of named rules, each an alert with an expression
+# (tests/test_monitoring.py parses the expressions and checks the metrics they read).
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["alert", "expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "expr": {"type": "string"},
+                                        "for": {"type": "string", "pattern": r"^\d+(ms|s|m|h)$"},
+                                        "labels": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                        "annotations": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+HAND_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR_SCHEMA,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE_SCHEMA,
+}
 
 
 @needs_kubectl
@@ -205,7 +259,9 @@ def test_the_service_monitor_and_ingress_point_at_the_ops_service():
 @pytest.mark.parametrize("target", BUILDABLE)
 def test_optional_pieces_stay_out_of_base_and_overlays(target):
     kinds = {o["kind"] for o in rendered(target)}
-    assert not kinds & {"Ingress", "ServiceMonitor"}, f"{target} must not include the optional components"
+    assert not kinds & {"Ingress", "ServiceMonitor", "PrometheusRule"}, (
+        f"{target} must not include the optional components"
+    )
 
 
 # --------------------------------------------------------------------------------------------
