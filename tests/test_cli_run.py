@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from reconciler.cli import build_parser
+from reconciler.metrics import Metrics
 from reconciler.runconfig import RunConfig, resolve
 
 
@@ -95,10 +96,7 @@ def test_webhook_is_not_served_without_a_secret(tmp_path):
 
         heartbeat = 0.0
 
-        class metrics:
-            @staticmethod
-            def text() -> bytes:
-                return b""
+        metrics = Metrics()
 
         class synced:
             @staticmethod
@@ -114,5 +112,6 @@ def test_webhook_is_not_served_without_a_secret(tmp_path):
     try:
         r = httpx.post(f"http://127.0.0.1:{server.port}/webhook", json={"ref": "refs/heads/main"})
         assert r.status_code == 404 and "not configured" in r.text
+        assert b'kaito_gitops_webhook_requests_total{code="404"} 1.0' in Stub.metrics.text()
     finally:
         server.stop()
