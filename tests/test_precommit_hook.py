@@ -78,3 +78,34 @@ def test_yaml_that_is_not_a_workspace_does_not_block_a_commit(scratch):
     git(repo, "add", "-A", env=env)
     r = git(repo, "commit", "-q", "-m", "other yaml", env=env, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_the_python_hook_installs_kaito_gitops_from_this_repository(tmp_path):
+    """`language: python`: pre-commit pip-installs this repository (as committed) from the package
+    index into its own environment, as it does for users; about 35 s."""
+    if not (BIN / "pre-commit").exists():
+        pytest.skip("needs the dev extra (pre-commit)")
+    rev = git(ROOT, "rev-parse", "HEAD").stdout.strip()
+    if git(ROOT, "cat-file", "-e", f"{rev}:.pre-commit-hooks.yaml", check=False).returncode != 0:
+        pytest.skip("HEAD has no .pre-commit-hooks.yaml yet (commit it first)")
+    repo = tmp_path / "team-repo"
+    (repo / "workspaces").mkdir(parents=True)
+    (repo / ".pre-commit-config.yaml").write_text(
+        f"repos:\n  - repo: {ROOT}\n    rev: {rev}\n    hooks:\n      - id: kaito-gitops-validate\n"
+    )
+    (repo / "workspaces" / "smollm2.yaml").write_text(BAD)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    env = {**os.environ, "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != str(BIN))  # not ours
+    r = subprocess.run(
+        [str(BIN / "pre-commit"), "run", "--all-files"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "workspaces/smollm2.yaml:" in out and "smollm2-135m-instruct" in out, out
