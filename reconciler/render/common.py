@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from .. import __version__
 from ..workspace import Workspace
 
 MANAGED_BY = "kaito-gitops"
@@ -21,8 +22,9 @@ ANNOTATION_OBJECT_HASH = "kaito-gitops.io/object-hash"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
-DEFAULT_INFERENCE_IMAGE = "ghcr.io/kaito-gitops/inference:0.1.0"
-DEFAULT_TUNING_IMAGE = "ghcr.io/kaito-gitops/tuning:0.1.0"
+# the release's own images (a release builds and pushes them under the package's version)
+DEFAULT_INFERENCE_IMAGE = f"ghcr.io/kaito-gitops/inference:{__version__}"
+DEFAULT_TUNING_IMAGE = f"ghcr.io/kaito-gitops/tuning:{__version__}"
 
 
 @dataclass(frozen=True)
