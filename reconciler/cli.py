@@ -37,7 +37,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(paths: list[str], args, target: str | None = None, base_rev: str | None = None):
+def _load(
+    paths: list[str],
+    args,
+    target: str | None = None,
+    base_rev: str | None = None,
+    relative_to: str | None = None,
+):
     from .source.tree import disk_files
     from .validation import validate_sources
 
@@ -47,7 +53,7 @@ def _load(paths: list[str], args, target: str | None = None, base_rev: str | Non
     base = None
     if base_rev:
         base = _load_base(paths, base_rev, args)
-    files = list(disk_files(paths, args.max_file_bytes))
+    files = list(disk_files(paths, args.max_file_bytes, relative_to))
     return validate_sources(
         files,
         namespace=args.namespace,

@@ -114,19 +114,14 @@ def cmd_render(args) -> int:
     return EXIT_FINDINGS if rev.has_errors else EXIT_OK
 
 
-def cmd_status(args) -> int:
-    import json
-
+def _status_docs(args, source, branch: str) -> tuple[list[dict], str]:
     from ruamel.yaml import YAML
 
-    from .cli import EXIT_OK, UsageError
-    from .report.statusview import TABLE_HEADER, status_row, text_table
-    from .source.git import GitAuth, GitSource, SourceError
+    from .cli import UsageError
+    from .source.git import SourceError
 
-    branch = args.branch or ("main" if args.status == "tree" else "kaito-status")
     root = (args.status_dir.strip("/") + "/") if args.status == "tree" else ""
     try:
-        source = GitSource(args.repo, branch, args.cache_dir, GitAuth(token_file=args.git_token_file))
         rev = source.sync()
         files = source.files(rev, [f"{root}status"], 1 << 20)
     except SourceError as e:
@@ -141,14 +136,53 @@ def cmd_status(args) -> int:
         doc = YAML(typ="safe").load(data)
         if isinstance(doc, dict) and doc.get("kind") == "WorkspaceStatus":
             docs.append(doc)
+    return docs, rev
+
+
+def _status_text(args, docs: list[dict], branch: str, rev: str) -> str:
+    import json
+
+    from .report.statusview import TABLE_HEADER, status_row, text_table
+
     if args.format == "json":
-        print(json.dumps(docs, indent=2, default=str))
-        return EXIT_OK
+        return json.dumps(docs, indent=2, default=str) + "\n"
     rows = [TABLE_HEADER, *(status_row(d) for d in docs)]
-    print(text_table(rows), end="")
+    out = text_table(rows)
     if len(rows) == 1:
-        print(f"(no workspace status on {branch} at {rev[:12]})")
-    return EXIT_OK
+        out += f"(no workspace status on {branch} at {rev[:12]})\n"
+    return out
+
+
+def cmd_status(args) -> int:
+    import time
+
+    from .cli import EXIT_OK
+    from .source.git import GitAuth, GitSource
+
+    branch = args.branch or ("main" if args.status == "tree" else "kaito-status")
+    source = GitSource(args.repo, branch, args.cache_dir, GitAuth(token_file=args.git_token_file))
+    if not args.watch:
+        docs, rev = _status_docs(args, source, branch)
+        print(_status_text(args, docs, branch, rev), end="")
+        return EXIT_OK
+    # --watch: the table again every SECONDS, in place on a terminal, until Ctrl-C
+    shown = None
+    try:
+        while True:
+            docs, rev = _status_docs(args, source, branch)
+            text = _status_text(args, docs, branch, rev)
+            if text != shown:
+                if sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J")  # home and clear, as `watch` does
+                stamp = time.strftime("%H:%M:%S")
+                sys.stdout.write(
+                    f"{branch} at {rev[:12]}, {stamp} (every {args.watch:g}s; Ctrl-C stops)\n{text}"
+                )
+                sys.stdout.flush()
+                shown = text
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _add_render_options(p) -> None:
@@ -198,6 +232,15 @@ def register(sub, add_common) -> None:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--cache-dir", default=".kaito-gitops/cache")
     p.add_argument("--git-token-file")
+    p.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=5.0,
+        default=0.0,
+        metavar="SECONDS",
+        help="refresh until Ctrl-C, printing again when something changed (default every 5 s)",
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("render", help="write every object as YAML under --out DIR/<namespace>/<workspace>/")
@@ -206,3 +249,7 @@ def register(sub, add_common) -> None:
     add_common(p)
     _add_render_options(p)
     p.set_defaults(func=cmd_render)
+
+    from . import diffcmd
+
+    diffcmd.register(sub, add_common, _add_render_options)

@@ -14,11 +14,12 @@ from .runconfig import RunConfig, add_arguments, listen_address, resolve
 log = structlog.get_logger("kaito_gitops.run")
 
 
-def kube_client(cfg: RunConfig):
+def kube_client(kubeconfig: str = "", context: str = ""):
+    """In-cluster credentials, else the kubeconfig (a file or context named wins over both)."""
     from kubernetes import client, config
 
-    if cfg.kubeconfig or cfg.context:
-        return config.new_client_from_config(config_file=cfg.kubeconfig or None, context=cfg.context or None)
+    if kubeconfig or context:
+        return config.new_client_from_config(config_file=kubeconfig or None, context=context or None)
     try:
         config.load_incluster_config()
         return client.ApiClient()
@@ -37,7 +38,7 @@ def build_target(cfg: RunConfig, api_client=None):
         return LocalTarget(cfg.local_state_dir)
     from .targets.kubernetes import KubernetesTarget
 
-    return KubernetesTarget(api_client or kube_client(cfg))
+    return KubernetesTarget(api_client or kube_client(cfg.kubeconfig, cfg.context))
 
 
 def build_provisioner(cfg: RunConfig):
@@ -80,7 +81,7 @@ def build_daemon(cfg: RunConfig, api_client=None):
         byo_nodes=cfg.provisioner == "none",
     )
     if cfg.target == "kubernetes" and api_client is None:
-        api_client = kube_client(cfg)
+        api_client = kube_client(cfg.kubeconfig, cfg.context)
     target = build_target(cfg, api_client)
     provisioner = build_provisioner(cfg)
     return Daemon(source, target, provisioner, settings, render)

@@ -242,6 +242,34 @@ class KubernetesTarget:
         stored.get("metadata", {}).pop("managedFields", None)
         return stored
 
+    def preview(self, obj: dict) -> tuple[dict | None, dict, str]:
+        """(live, what applying would leave, note) for one object, writing nothing: a GET and a
+        server-side apply with dryRun=All, so defaults, webhooks and others' fields are the server's."""
+        md = obj["metadata"]
+        try:
+            live = _json(self._call(obj["kind"], "read", md["name"], md["namespace"]))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            live = None
+        try:
+            resp = self._call(
+                obj["kind"],
+                "patch",
+                md["name"],
+                md["namespace"],
+                obj,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                dry_run="All",
+                _content_type=APPLY,
+            )
+            return live, _json(resp), ""
+        except ApiException as e:
+            if e.status == 422 and "immutable" in (e.body or "") and live is not None:
+                return live, obj, "replaced: a field that cannot change in place differs"
+            raise
+
     def _delete_one(self, kind: str, namespace: str, name: str) -> None:
         try:
             self._call(kind, "delete", name, namespace, propagation_policy="Background")
