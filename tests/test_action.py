@@ -176,3 +176,25 @@ def test_the_action_and_the_example_workflow_match_githubs_schemas():
     ):
         r = subprocess.run([cj, "--builtin-schema", schema, *map(str, files)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_snippets_in_docs_ci_use_real_inputs_and_hooks(tmp_path):
+    text = (ROOT / "docs" / "ci.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL)]
+    workflow = next(b for b in blocks if "jobs" in b)
+    uses = [s for s in workflow["jobs"]["validate"]["steps"] if "kaito-gitops" in s.get("uses", "")]
+    assert uses and set(uses[0].get("with", {})) <= set(ACTION["inputs"])
+    hooks = {h["id"] for h in yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())}
+    config = next(b for b in blocks if "repos" in b)
+    assert {h["id"] for r in config["repos"] for h in r["hooks"]} <= hooks
+    # every input in the docs' table is one the action has, and the other way round
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", text, re.M))
+    assert documented == set(ACTION["inputs"])
+    cj = shutil.which("check-jsonschema", path=str(ROOT / ".venv" / "bin"))
+    if cj:
+        f = tmp_path / "wf.yaml"
+        f.write_text(yaml.safe_dump({"name": "docs", "on": "pull_request", **workflow}))
+        r = subprocess.run(
+            [cj, "--builtin-schema", "vendor.github-workflows", str(f)], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
