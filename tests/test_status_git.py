@@ -187,3 +187,53 @@ def test_in_tree_status_commits_are_not_reconciled(git_remote, tmp_path):
     reporter.close()
     d.close()
     assert first.changed
+
+
+def test_status_writes_while_the_daemon_reads_revisions_never_mix_up_git_answers(tmp_path):
+    """The status writer's thread and the daemon's thread read one repository at once.
+
+    GitPython answers object reads from one long-lived `git cat-file --batch` per Repo, without
+    a lock; when both threads shared one Repo, a write could read the loader's answer (wrong
+    files, an error) or wait forever for its own: the status branch then stopped moving.
+    """
+    work = tmp_path / "repo"
+    repo = git.Repo.init(work, initial_branch="main")
+    for i in range(40):
+        (work / "workspaces").mkdir(exist_ok=True)
+        (work / "workspaces" / f"ws{i}.yaml").write_text(smol_ws(f"ws{i}") + "#" * (i * 97) + "\n")
+    repo.index.add([f"workspaces/ws{i}.yaml" for i in range(40)])
+    rev = repo.index.commit(
+        "forty workspaces", author=git.Actor("t", "t@x"), committer=git.Actor("t", "t@x")
+    ).hexsha
+    expected = {p: (work / p).read_bytes() for p in (f"workspaces/ws{i}.yaml" for i in range(40))}
+
+    source = GitSource(str(work), "main", tmp_path / "cache")
+    writer = StatusWriter(source, "kaito-status", "")
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def write_status():
+        try:
+            for n in range(20):
+                files = {f"status/ws{i}.yaml": f"state: S{n}\n" + "x" * (n * 31 + i) for i in range(12)}
+                writer.write(files, f"status {n}")
+                if writer.current_files(writer._remote_tip()) != files:
+                    failures.append(f"status {n} read back different files")
+        except Exception as e:
+            failures.append(f"status writer: {type(e).__name__}: {e}")
+        finally:
+            stop.set()
+
+    t = threading.Thread(target=write_status, daemon=True)
+    t.start()
+    loads = 0
+    while not stop.is_set():
+        got = dict(source.files(rev, ["workspaces/"], 1 << 20, remember=False))
+        if got != expected:
+            failures.append("a revision load read the wrong files")
+            break
+        loads += 1
+    t.join(60)
+    assert not t.is_alive(), "the status writer hung reading git"
+    assert not failures, failures
+    assert loads > 0

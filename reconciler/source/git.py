@@ -126,7 +126,8 @@ class GitSource:
                 raise SourceError(f"{repo}: no such directory (give a local repository path or a git URL)")
             self.url = str(local.resolve())
             try:
-                self.repo = git.Repo(self.url)
+                git.Repo(self.url)
+                self._repo_path = self.url
             except git.InvalidGitRepositoryError:
                 raise SourceError(f"{repo} is not a git repository (run `git init` there first)") from None
         else:
@@ -139,9 +140,25 @@ class GitSource:
             self.url = repo
             cache = Path(cache_dir) / hashlib.sha256(repo.encode()).hexdigest()[:16]
             cache.mkdir(parents=True, exist_ok=True)
-            self.repo = git.Repo.init(cache, bare=True) if not (cache / "HEAD").exists() else git.Repo(cache)
+            if not (cache / "HEAD").exists():
+                git.Repo.init(cache, bare=True)
+            self._repo_path = str(cache)
+        self._per_thread = threading.local()
         self.display = redact_url(self.url)
         self._blobs: dict[str, bytes] = {}  # content of blobs read at earlier revisions
+
+    @property
+    def repo(self) -> git.Repo:
+        """This thread's handle on the repository.
+
+        GitPython keeps one long-lived `git cat-file --batch` per Repo and reads its answers
+        without a lock: two threads on one Repo (the daemon loading a revision while the status
+        writer reads its branch) can read each other's answers, or wait forever for one.
+        """
+        repo = getattr(self._per_thread, "repo", None)
+        if repo is None:
+            repo = self._per_thread.repo = git.Repo(self._repo_path)
+        return repo
 
     # ------------------------------------------------------------------------------------
     def _git(self, *args: str) -> str:
