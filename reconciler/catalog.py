@@ -97,6 +97,13 @@ class Sku:
     price_region: str = ""  # set when the price is not from the catalog's default region
     aliases: tuple[str, ...] = ()
     vendor: str = "nvidia"
+    family: str = ""  # the vCPU quota family (presets/gpus.yaml `families`)
+    arm_name: str = ""  # the size as ARM names it, when Kaito's name differs
+
+    @property
+    def vm_size(self) -> str:
+        """What an AKS agent pool's vmSize must say."""
+        return self.arm_name or self.name
 
 
 @dataclass
@@ -218,7 +225,7 @@ def _model_from(family: str, raw: dict) -> Model:
     )
 
 
-def _sku_from(raw: dict) -> Sku:
+def _sku_from(raw: dict, family: str = "") -> Sku:
     return Sku(
         name=raw["name"],
         gpu=raw["gpu"],
@@ -235,6 +242,8 @@ def _sku_from(raw: dict) -> Sku:
         price_region=raw.get("price_region", ""),
         aliases=tuple(raw.get("aliases", ())),
         vendor=raw.get("vendor", "nvidia"),
+        family=family,
+        arm_name=raw.get("azure_name", ""),
     )
 
 
@@ -252,9 +261,17 @@ def load_catalog() -> Catalog:
                 raise ValueError(f"preset {m.name} is defined twice (second time in {entry.name})")
             models[m.name] = m
     gpus = _read_yaml(root / "gpus.yaml")
-    skus = {s["name"]: _sku_from(s) for s in gpus["skus"]}
+    family_of = {sku: fam for fam, names in (gpus.get("families") or {}).items() for sku in names}
+    skus = {s["name"]: _sku_from(s, family_of.get(s["name"], "")) for s in gpus["skus"]}
+    unknown = set(family_of) - set(skus)
+    if unknown:
+        raise ValueError(f"gpus.yaml families name sizes it does not list: {', '.join(sorted(unknown))}")
     return Catalog(models=models, skus=skus, price_basis=dict(gpus.get("prices", {})))
 
 
 def schema_text() -> str:
     return (_data_root() / "schema" / "workspace.schema.json").read_text(encoding="utf-8")
+
+
+def settings_schema_text() -> str:
+    return (_data_root() / "schema" / "kaito-gitops.schema.json").read_text(encoding="utf-8")

@@ -54,6 +54,7 @@ def _load(
     if base_rev:
         base = _load_base(paths, base_rev, args)
     files = list(disk_files(paths, args.max_file_bytes, relative_to))
+    files += _settings_file(paths, files, args.max_file_bytes, relative_to)
     return validate_sources(
         files,
         namespace=args.namespace,
@@ -64,12 +65,28 @@ def _load(
     )
 
 
+def _settings_file(paths: list[str], files, max_bytes: int, relative_to: str | None):
+    """The repository's .kaito-gitops.yaml (budgets), read even when `paths` are folders below it."""
+    from .source.tree import repo_root
+    from .validation import SETTINGS_FILE
+
+    if any(os.path.basename(p) == SETTINGS_FILE for p, _ in files):
+        return []
+    root = repo_root(paths[0]) if paths else None
+    candidate = os.path.join(str(root) if root else os.getcwd(), SETTINGS_FILE)
+    if not os.path.isfile(candidate):
+        return []
+    display = os.path.relpath(candidate, relative_to or os.getcwd())
+    with open(candidate, "rb") as fh:
+        return [(display, fh.read(max_bytes + 1))]
+
+
 def _load_base(paths: list[str], rev: str, args):
     """The same paths as they were at git revision `rev`."""
     import git
 
     from .source.tree import repo_root, revision_files
-    from .validation import validate_sources
+    from .validation import SETTINGS_FILE, validate_sources
 
     root = repo_root(paths[0])
     if root is None:
@@ -83,6 +100,8 @@ def _load_base(paths: list[str], rev: str, args):
     for p in paths:
         rel = os.path.relpath(os.path.abspath(p), root)
         prefixes.append("" if rel == "." else rel.replace(os.sep, "/"))
+    if "" not in prefixes:
+        prefixes.append(SETTINGS_FILE)
     cwd_rel = os.path.relpath(root, os.getcwd())
     files = []
     for path, data in revision_files(repo, rev, prefixes, args.max_file_bytes):  # "": the whole repo
@@ -100,6 +119,12 @@ def _load_base(paths: list[str], rev: str, args):
 
 def cmd_validate(args) -> int:
     rev = _load(args.paths, args, target=args.target, base_rev=args.base)
+    if rev.settings is not None:  # budgets need the plan: what each workspace costs
+        from . import budgets
+        from .planning import plan_revision
+
+        base = plan_revision(_load_base(args.paths, args.base, args)) if args.base else None
+        budgets.hold(rev, plan_revision(rev), base)
     findings = rev.findings
     if args.quiet:
         findings = [f for f in findings if f.is_error]

@@ -43,7 +43,7 @@ def _print_findings(rev, stream=sys.stderr) -> None:
 
 
 def cmd_plan(args) -> int:
-    from . import planview
+    from . import budgets, planview
     from .cli import EXIT_FINDINGS, EXIT_OK, _load, _load_base
     from .plandiff import diff_states
     from .planning import plan_revision
@@ -51,21 +51,42 @@ def cmd_plan(args) -> int:
     if args.list_presets:
         return _list_presets()
     rev = _load(args.paths, args, target="kubernetes")
-    _print_findings(rev)
     head = plan_revision(rev, _settings(args, _head_revision(args.paths)))
     base = None
     if args.base:
         base_rev = _load_base(args.paths, args.base, args)
         base = plan_revision(base_rev, _settings(args, args.base))
+    budgets.hold(rev, head, base)
+    _print_findings(rev)
     diff = diff_states(base, head)
+    checks = planview.Checks(budgets.usage_lines(budgets.from_revision(rev), head), _capacity(args, diff))
     if args.format == "json":
-        print(planview.as_json(diff))
+        print(planview.as_json(diff, checks))
     elif args.format == "markdown":
-        print(planview.markdown(diff))
+        print(planview.markdown(diff, checks))
     else:
-        print(planview.text(diff, show_unchanged=True), end="")
+        print(planview.text(diff, show_unchanged=True, checks=checks), end="")
     problems = any(p.problems for p in head.plans.values())
     return EXIT_FINDINGS if rev.has_errors or problems else EXIT_OK
+
+
+def _capacity(args, diff):
+    """Quota and region capacity for the plan's node pools, when an AKS cluster is named."""
+    if not (args.aks_subscription and args.aks_resource_group and args.aks_cluster):
+        return None
+    from . import capacity
+    from .provisioners.azure_facts import AzureFactsReader
+    from .runconfig import RunConfig
+
+    cfg = RunConfig(
+        aks_subscription=args.aks_subscription,
+        aks_resource_group=args.aks_resource_group,
+        aks_cluster=args.aks_cluster,
+        arm_endpoint=args.arm_endpoint or RunConfig.arm_endpoint,
+        authority_host=os.environ.get("AZURE_AUTHORITY_HOST", ""),
+    )
+    reader = AzureFactsReader.from_config(cfg)
+    return capacity.check(diff, reader.facts(capacity.sizes(diff)))
 
 
 def _list_presets() -> int:
@@ -212,6 +233,18 @@ def register(sub, add_common) -> None:
     p.add_argument("--base", metavar="REV", help="compare with the workspaces at git revision REV")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text")
     p.add_argument("--list-presets", action="store_true", help="list the model presets and exit")
+    g = p.add_argument_group(
+        "quota and capacity (read-only ARM calls; the Reader role on the subscription is enough)"
+    )
+    for flag, env, what in (
+        ("--aks-subscription", "AKS_SUBSCRIPTION", "Azure subscription of the AKS cluster"),
+        ("--aks-resource-group", "AKS_RESOURCE_GROUP", "resource group of the AKS cluster"),
+        ("--aks-cluster", "AKS_CLUSTER", "AKS cluster name"),
+        ("--arm-endpoint", "ARM_ENDPOINT", "Azure Resource Manager URL (default: public cloud)"),
+    ):
+        g.add_argument(
+            flag, default=os.environ.get("KAITO_GITOPS_" + env, ""), help=f"{what} [KAITO_GITOPS_{env}]"
+        )
     add_common(p)
     _add_render_options(p)
     p.set_defaults(func=cmd_plan)

@@ -19,11 +19,12 @@ from datetime import UTC, datetime
 
 import structlog
 
+from . import budgets
 from .catalog import Sku, load_catalog, sku_from_gpu_labels
 from .findings import Finding
 from .logs import error_text
 from .metrics import Metrics
-from .planning import WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
+from .planning import DesiredState, WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
 from .provisioners.base import Provisioner
 from .provisioners.none import byo_label_problem
 from .render.common import RenderSettings
@@ -38,7 +39,7 @@ from .status import (
     failed_status,
 )
 from .targets.base import Target
-from .validation import Revision, validate_sources
+from .validation import SETTINGS_FILE, Revision, validate_sources
 
 log = structlog.get_logger("kaito_gitops.daemon")
 
@@ -73,6 +74,13 @@ class WorkspaceReport:
     gpus: int = 0
     nodes: int = 0
     applied_revision: str = ""
+    price_per_hour: float | None = None  # list price of its nodes; None where nothing is billed (local)
+
+    @property
+    def billed(self) -> bool:
+        """Its nodes exist (AKS bills from then on, ready or not)."""
+        ready = self.status.condition("ResourceReady")
+        return (ready is not None and ready.status == "True") or self.status.state == "Deleting"
 
 
 @dataclass
@@ -116,6 +124,7 @@ class Daemon:
         self.findings: dict[WorkspaceKey, list[Finding]] = {}
         self.statuses: dict[WorkspaceKey, WorkspaceStatus] = {}
         self.applied_revision: dict[WorkspaceKey, str] = {}
+        self.budgets: budgets.Budgets | None = None  # the caps of .kaito-gitops.yaml at `revision`
         self._backoff: dict[WorkspaceKey, tuple[int, float]] = {}
         self._global_failures = 0
         self._trigger = threading.Event()
@@ -152,7 +161,10 @@ class Daemon:
     # -- loading ----------------------------------------------------------------------------
     def _load(self, rev: str) -> None:
         start = time.perf_counter()
-        files = self.source.files(rev, [p for p in self.settings.paths if p], self.settings.max_file_bytes)
+        prefixes = [p for p in self.settings.paths if p]
+        if prefixes:
+            prefixes.append(SETTINGS_FILE)  # budgets live at the repository root
+        files = self.source.files(rev, prefixes, self.settings.max_file_bytes)
         validated = validate_sources(
             files,
             namespace=self.settings.namespace,
@@ -163,6 +175,16 @@ class Daemon:
         )
         settings = replace(self.render, revision=rev[:12])
         state = plan_revision(validated, settings, byo=self._byo_skus, cache=self._plan_cache)
+        # a workspace that would take a budget over it is held like an invalid one (last good version)
+        crossed = budgets.hold(validated, state, DesiredState(dict(self.desired)))
+        for f in crossed:
+            if f.path.endswith(SETTINGS_FILE):
+                log.warning(
+                    "budget crossed: holding the workspaces that cross it",
+                    revision=rev[:12],
+                    finding=f.text(),
+                )
+        self.budgets = budgets.from_revision(validated)
         present = {ws.key for ws in validated.workspaces if ws.name}
         desired = dict(state.plans)
         findings: dict[WorkspaceKey, list[Finding]] = {}
@@ -467,6 +489,13 @@ class Daemon:
                     1 if c.status == "True" else 0
                 )
         self.metrics.in_backoff.set(len(self._backoff))
+        from .report.statusview import spend  # the same figures STATUS.md shows
+
+        self.metrics.spend.clear()
+        self.metrics.gpus_billed.clear()
+        for ns, (gpus, price) in spend(self.reports()).items():
+            self.metrics.spend.labels(namespace=ns).set(price)
+            self.metrics.gpus_billed.labels(namespace=ns).set(gpus)
 
     # -- reports --------------------------------------------------------------------------------
     def reports(self) -> list[WorkspaceReport]:
@@ -495,6 +524,7 @@ class Daemon:
                     gpus=plan.gpus if plan else 0,
                     nodes=plan.nodes if plan else 0,
                     applied_revision=self.applied_revision.get(key, ""),
+                    price_per_hour=self._price(plan),
                 )
             )
         for key, plan in sorted(self._leaving.items()):
@@ -521,9 +551,15 @@ class Daemon:
                     status=deleting,
                     gpus=plan.gpus,
                     nodes=plan.nodes,
+                    price_per_hour=self._price(plan),
                 )
             )
         return out
+
+    def _price(self, plan: WorkspacePlan | None) -> float | None:
+        if plan is None or self.target.name == "local":
+            return None  # the local target runs on this machine: no cloud bill
+        return plan.price_per_hour
 
     # -- the loop ---------------------------------------------------------------------------
     def _next_wait(self) -> float:

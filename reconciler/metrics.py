@@ -54,6 +54,18 @@ class Metrics:
             "Passes that failed as a whole (the repository could not be fetched or loaded)",
             registry=r,
         )
+        self.spend = Gauge(
+            "kaito_gitops_spend_dollars_per_hour",
+            "List price per hour of the nodes that exist now, by namespace",
+            ["namespace"],
+            registry=r,
+        )
+        self.gpus_billed = Gauge(
+            "kaito_gitops_gpus_billed",
+            "GPUs of the nodes that exist now, by namespace",
+            ["namespace"],
+            registry=r,
+        )
         self.in_backoff = Gauge(
             "kaito_gitops_workspaces_in_backoff", "Workspaces waiting to retry after a failure", registry=r
         )

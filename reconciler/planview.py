@@ -4,12 +4,67 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass, field
 
+from .capacity import CapacityReport
+from .capacity import text_lines as capacity_lines
 from .plandiff import PlanDiff, WorkspaceChange
 from .planning import WorkspacePlan
 
 SIGN = {"add": "+", "change": "~", "replace": "-/+", "remove": "-", "unchanged": "="}
 OBJ_SIGN = {"create": "+", "update": "~", "replace": "-/+", "delete": "-", "unchanged": "="}
+
+
+@dataclass
+class Checks:
+    """What the plan is checked against besides the files: budgets and, with an AKS cluster
+    named, its quota and region capacity."""
+
+    budgets: list[str] = field(default_factory=list)
+    capacity: CapacityReport | None = None
+
+
+def checks_text(checks: Checks | None) -> str:
+    if checks is None:
+        return ""
+    out = []
+    if checks.budgets:
+        out += ["Budgets:", *(f"  {line}" for line in checks.budgets), ""]
+    if checks.capacity is not None:
+        lines = capacity_lines(checks.capacity) or ["no node pool to add or grow"]
+        out += [f"Quota and capacity in {checks.capacity.location or 'the cluster'}:"]
+        out += [f"  {line}" for line in lines] + [""]
+    return "\n".join(out)
+
+
+def checks_markdown(checks: Checks | None) -> str:
+    if checks is None:
+        return ""
+    out = []
+    if checks.budgets:
+        out += ["#### Budgets", ""]
+        out += [f"- {':x:' if '(over budget)' in b else ':white_check_mark:'} {b}" for b in checks.budgets]
+        out.append("")
+    cap = checks.capacity
+    if cap is not None:
+        out += [f"#### Quota and capacity in `{cap.location or 'the cluster'}`", ""]
+        for need in cap.families:
+            if need.quota is None:
+                out.append(f"- :grey_question: `{need.family}`: needs {need.needed} vCPUs; quota unknown")
+            else:
+                mark = ":x:" if need.short else ":white_check_mark:"
+                verdict = f" — **short by {need.short}**" if need.short else ""
+                out.append(
+                    f"- {mark} `{need.family}`: needs {need.needed} vCPUs, {need.quota.free} free "
+                    f"({need.quota.current}/{need.quota.limit} used){verdict}"
+                )
+        for (ns, name), problems in sorted(cap.problems.items()):
+            out += [f"- :x: `{ns}/{name}`: {p}" for p in problems]
+        out += [f"- :grey_question: {u}" for u in cap.unknown]
+        if not (cap.families or cap.problems or cap.unknown):
+            out.append("- no node pool to add or grow")
+        out.append("")
+    return "\n".join(out)
 
 
 def money(v: float | None) -> str:
@@ -81,13 +136,14 @@ def _workspace_lines(c: WorkspaceChange) -> list[str]:
     return lines
 
 
-def text(diff: PlanDiff, show_unchanged: bool = False) -> str:
+def text(diff: PlanDiff, show_unchanged: bool = False, checks: Checks | None = None) -> str:
     out = [f"Plan: {summary_line(diff)}", ""]
     for c in diff.changes:
         if c.action == "unchanged" and not show_unchanged:
             continue
         out += _workspace_lines(c)
         out.append("")
+    out.append(checks_text(checks))
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -122,7 +178,7 @@ def markdown_section(c: WorkspaceChange) -> str:
     return head + "\n".join(body) + "\n\n</details>\n"
 
 
-def markdown(diff: PlanDiff) -> str:
+def markdown(diff: PlanDiff, checks: Checks | None = None) -> str:
     out = ["| workspace | change | GPUs | $/hour |", "| --- | --- | --- | --- |"]
     for c in diff.changes:
         if c.action == "unchanged":
@@ -132,10 +188,38 @@ def markdown(diff: PlanDiff) -> str:
         )
     parts = [f"**Plan:** {summary_line(diff)}", "", *out, ""]
     parts += [markdown_section(c) for c in diff.changes if c.action != "unchanged"]
+    if checks is not None:
+        parts.append(checks_markdown(checks))
     return "\n".join(parts)
 
 
-def as_json(diff: PlanDiff) -> str:
+def _checks_dict(checks: Checks | None) -> dict | None:
+    if checks is None:
+        return None
+    cap = checks.capacity
+    return {
+        "budgets": checks.budgets,
+        "capacity": None
+        if cap is None
+        else {
+            "location": cap.location,
+            "families": [
+                {
+                    "family": n.family,
+                    "neededVcpus": n.needed,
+                    "freeVcpus": n.quota.free if n.quota else None,
+                    "shortVcpus": n.short if n.quota else None,
+                    "workspaces": [f"{k[0]}/{k[1]}" for k in n.workspaces],
+                }
+                for n in cap.families
+            ],
+            "problems": {f"{k[0]}/{k[1]}": v for k, v in sorted(cap.problems.items())},
+            "unknown": cap.unknown,
+        },
+    }
+
+
+def as_json(diff: PlanDiff, checks: Checks | None = None) -> str:
     def plan_dict(p: WorkspacePlan | None):
         if p is None:
             return None
@@ -190,6 +274,7 @@ def as_json(diff: PlanDiff) -> str:
                 }
                 for c in diff.changes
             ],
+            "checks": _checks_dict(checks),
         },
         indent=2,
         default=str,

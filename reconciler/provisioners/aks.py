@@ -143,6 +143,16 @@ def _key_of(tags: dict | None) -> WorkspaceKey | None:
     return (ns, name) if ns and name else None
 
 
+def credential_for(cfg):
+    """Workload identity in the cluster (no secrets, no IMDS probe); the usual chain elsewhere."""
+    from azure.identity import DefaultAzureCredential, WorkloadIdentityCredential
+
+    kw = {"authority": cfg.authority_host} if cfg.authority_host else {}
+    if os.environ.get("AZURE_FEDERATED_TOKEN_FILE"):
+        return WorkloadIdentityCredential(**kw)
+    return DefaultAzureCredential(**kw)
+
+
 class AksProvisioner:
     name = "aks"
 
@@ -158,13 +168,7 @@ class AksProvisioner:
 
     @classmethod
     def from_config(cls, cfg) -> AksProvisioner:
-        from azure.identity import DefaultAzureCredential, WorkloadIdentityCredential
-
-        kw = {"authority": cfg.authority_host} if cfg.authority_host else {}
-        if os.environ.get("AZURE_FEDERATED_TOKEN_FILE"):
-            credential = WorkloadIdentityCredential(**kw)  # in the cluster: no secrets, no IMDS probe
-        else:
-            credential = DefaultAzureCredential(**kw)
+        credential = credential_for(cfg)
         endpoint = cfg.arm_endpoint.rstrip("/")
         client = ContainerServiceClient(
             credential,

@@ -68,7 +68,7 @@ def node_pool(ws: Workspace, sku: Sku, nodes: int, model: Model | None) -> NodeP
         "kaito.sh/machine-type": "gpu",
     }
     disk = max(min(model.disk_gib, MAX_OS_DISK_GB) if model else 256, 128)
-    sku_name, taints, os = sku.name, (TAINT,), os_sku(ws)
+    sku_name, taints, os = sku.vm_size, (TAINT,), os_sku(ws)
     # the pool's shape, as a tag: a pool whose tag differs was made for another plan
     digest = hashlib.sha256(
         repr((sku_name, nodes, sorted(labels.items()), taints, disk, os)).encode()

@@ -22,13 +22,15 @@ from githubkit import AppAuthStrategy, AppInstallationAuthStrategy, GitHub
 from githubkit.cache import MemCacheStrategy
 from githubkit.exception import RateLimitExceeded, RequestFailed
 
+from .. import budgets, capacity
 from ..logs import error_text
 from ..plandiff import diff_states
 from ..planning import plan_revision
+from ..planview import Checks
 from ..render.common import RenderSettings
 from ..source.git import GitSource, SourceError
 from ..source.webhook import PullRequestEvent
-from ..validation import validate_sources
+from ..validation import SETTINGS_FILE, validate_sources
 from .review_comment import MARKER, Deployment, comment_body, status_description
 
 log = structlog.get_logger("kaito_gitops.review")
@@ -87,6 +89,7 @@ class GitHubReviewer:
         self._stop = False
         self._paused_until = 0.0
         self.is_leader = lambda: True  # with several replicas, only the Lease holder reviews
+        self.azure = None  # an AzureFactsReader when the daemon provisions AKS pools
         self._thread = threading.Thread(target=self._run, name="github-review", daemon=True)
         self._thread.start()
 
@@ -191,15 +194,16 @@ class GitHubReviewer:
         if head != head_sha:
             log.info("pull request head moved while fetching; reviewing what git has", pr=number)
         base = self.source.fetch_commit(f"refs/heads/{base_ref}")
+        paths = [*self.paths, SETTINGS_FILE] if self.paths else []
         base_rev = validate_sources(
-            self.source.files(base, self.paths, self.max_file_bytes, remember=False),
+            self.source.files(base, paths, self.max_file_bytes, remember=False),
             namespace=self.namespace,
             target="kubernetes",
             max_file_bytes=self.max_file_bytes,
             byo_nodes=self.render.byo_nodes,
         )
         head_rev = validate_sources(
-            self.source.files(head, self.paths, self.max_file_bytes, remember=False),
+            self.source.files(head, paths, self.max_file_bytes, remember=False),
             namespace=self.namespace,
             target="kubernetes",
             base=base_rev,
@@ -207,10 +211,15 @@ class GitHubReviewer:
             byo_nodes=self.render.byo_nodes,
         )
         settings = replace(self.render, revision=head[:12])
-        diff = diff_states(plan_revision(base_rev, settings), plan_revision(head_rev, settings))
+        before, after = plan_revision(base_rev, settings), plan_revision(head_rev, settings)
+        budgets.hold(head_rev, after, before)  # a crossing is an error at the budget and the workspace
+        diff = diff_states(before, after)
+        checks = Checks(budgets.usage_lines(budgets.from_revision(head_rev), after), self._capacity(diff))
         repo_html = pr["base"]["repo"]["html_url"]
         findings = head_rev.findings
-        body = comment_body(diff, findings, repo_html=repo_html, head_sha=head, base_ref=base_ref)
+        body = comment_body(
+            diff, findings, repo_html=repo_html, head_sha=head, base_ref=base_ref, checks=checks
+        )
         self._upsert_comment(number, body)
         errors = sum(f.is_error for f in findings)
         self._status(
@@ -219,9 +228,26 @@ class GitHubReviewer:
         self._reviewed[number] = head_sha
         self._candidates[number] = (
             [c.key for c in diff.changes if c.action != "unchanged"],
-            {"repo_html": repo_html, "base_ref": base_ref, "diff": diff, "findings": findings, "head": head},
+            {
+                "repo_html": repo_html,
+                "base_ref": base_ref,
+                "diff": diff,
+                "findings": findings,
+                "head": head,
+                "checks": checks,
+            },
         )
         log.info("pull request reviewed", pr=number, head=head[:12], errors=errors, changes=len(diff.changes))
+
+    def _capacity(self, diff):
+        """Quota and region capacity of the pull request's node pools (None without an AKS cluster)."""
+        if self.azure is None:
+            return None
+        try:
+            return capacity.check(diff, self.azure.facts(capacity.sizes(diff)))
+        except Exception as e:  # the review goes out whatever ARM does
+            log.warning("quota and capacity check failed", error=error_text(e))
+            return capacity.CapacityReport("", unknown=[f"quota unknown: {error_text(e)}"])
 
     def _find_comment(self, number: int) -> tuple[int | None, str]:
         if number in self._comment_ids:
@@ -311,6 +337,7 @@ class GitHubReviewer:
                 head_sha=args["head"],
                 base_ref=args["base_ref"],
                 deployment=dep,
+                checks=args.get("checks"),
             )
             self._upsert_comment(merged.number, body)
         desc = {
@@ -407,5 +434,10 @@ def build_reviewer(daemon, cfg) -> GitHubReviewer:
         bot_login=login,
         poll_interval=cfg.review_interval,
     )
+    if getattr(cfg, "provisioner", "") == "aks":
+        from ..provisioners.azure_facts import AzureFactsReader, configured
+
+        if configured(cfg):
+            reviewer.azure = AzureFactsReader.from_config(cfg)
     daemon.on_pass.append(reviewer.on_pass)
     return reviewer

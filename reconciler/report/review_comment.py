@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..findings import Finding
 from ..plandiff import PlanDiff
-from ..planview import markdown_section, money, signed_money
+from ..planview import Checks, checks_markdown, markdown_section, money, signed_money
 
 MARKER = "<!-- kaito-gitops:review -->"
 LIMIT = 65_536
@@ -65,10 +65,17 @@ def comment_body(
     head_sha: str,
     base_ref: str,
     deployment: Deployment | None = None,
+    checks: Checks | None = None,
 ) -> str:
     errors = [f for f in findings if f.is_error]
     warnings = [f for f in findings if not f.is_error]
     parts = [MARKER, summary(diff, errors), ""]
+    if checks is not None and checks.capacity is not None and checks.capacity.failing:
+        parts += [
+            ":warning: **Azure would refuse part of this plan** (quota or region capacity): see "
+            "_Quota and capacity_ below; fix it before merging, or the node pools will not come.",
+            "",
+        ]
     if errors:
         parts += (
             [f"### Errors ({len(errors)})", ""]
@@ -85,6 +92,8 @@ def comment_body(
         "kaito-gitops never posts a second one.</sub>\n"
     )
     deploy = deployment_section(deployment) if deployment else ""
+    if checks is not None and (checks.budgets or checks.capacity is not None):
+        head_text += checks_markdown(checks) + "\n"
     if sections:
         head_text += "### Plan\n\n"
     body = head_text

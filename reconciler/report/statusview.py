@@ -6,6 +6,7 @@ so an unchanged cluster produces byte-identical files and no commit.
 
 from __future__ import annotations
 
+from ..budgets import HOURS_PER_MONTH
 from ..daemon import WorkspaceReport
 from ..manifests import dump
 from ..status import WorkspaceStatus
@@ -80,11 +81,45 @@ def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: 
     ]
     for row in rows:
         out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    out += spend_lines(reports)
     errors = [(r.key, r.errors[0].text()) for r in reports if r.errors]
     if errors:
         out += ["", "## Errors", ""]
         out += [f"- `{k[0]}/{k[1]}`: {msg}" for k, msg in errors]
     return "\n".join(out) + "\n"
+
+
+def spend(reports: list[WorkspaceReport]) -> dict[str, tuple[int, float]]:
+    """namespace -> (GPUs, $/hour) of the nodes that exist now, at list price."""
+    out: dict[str, tuple[int, float]] = {}
+    for r in reports:
+        if r.price_per_hour is None or not r.billed:
+            continue
+        gpus, price = out.get(r.key[0], (0, 0.0))
+        out[r.key[0]] = (gpus + r.gpus, round(price + r.price_per_hour, 3))
+    return out
+
+
+def spend_lines(reports: list[WorkspaceReport]) -> list[str]:
+    """STATUS.md's spend table: what runs now, per namespace and in total, and a month at this rate."""
+    per_ns = spend(reports)
+    if not per_ns:
+        return []
+    rows = sorted(per_ns.items())
+    total = (sum(g for g, _ in per_ns.values()), round(sum(p for _, p in per_ns.values()), 3))
+    out = [
+        "",
+        "## Spend",
+        "",
+        "Nodes that exist now, at list price (presets/gpus.yaml); a month is 730 hours.",
+        "",
+        "| NAMESPACE | GPUS | $/HOUR | $/MONTH AT THIS RATE |",
+        "| --- | --- | --- | --- |",
+    ]
+    for ns, (gpus, price) in [*rows, ("total", total)]:
+        name = f"**{ns}**" if ns == "total" else ns
+        out.append(f"| {name} | {gpus} | ${price:,.2f} | ${price * HOURS_PER_MONTH:,.0f} |")
+    return out
 
 
 def text_table(rows: list[list[str]]) -> str:

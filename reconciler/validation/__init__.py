@@ -15,7 +15,7 @@ from ..loading import Document, load_text
 from ..workspace import ConfigMap, Workspace
 from .changes import check_changes
 from .rules import Context, check_workspace
-from .schema import check_schema
+from .schema import check_schema, schema_findings, settings_validator
 
 WorkspaceKey = tuple[str, str]
 
@@ -30,6 +30,7 @@ class Revision:
     workspace_findings: dict[int, list[Finding]] = field(default_factory=dict)  # by id(workspace)
     files: list[str] = field(default_factory=list)
     unreadable_files: set[str] = field(default_factory=set)  # YAML so broken nothing could be read
+    settings: Document | None = None  # .kaito-gitops.yaml, when read and valid (budgets.read_budgets)
 
     def findings_of(self, ws: Workspace) -> list[Finding]:
         return self.workspace_findings.get(id(ws), [])
@@ -57,6 +58,33 @@ class Revision:
 
     def valid_workspaces(self) -> dict[WorkspaceKey, Workspace]:
         return {k: ws for k, ws in self.by_key().items() if self.is_valid(ws)}
+
+
+SETTINGS_FILE = ".kaito-gitops.yaml"
+
+
+def _read_settings(rev: Revision, path: str, raw: bytes, max_file_bytes: int | None) -> None:
+    """The repository's settings file: one YAML mapping checked against its schema."""
+    loaded = load_text(path, raw) if max_file_bytes is None else load_text(path, raw, max_file_bytes)
+    rev.file_findings.extend(loaded.findings)
+    docs = [d for d in loaded.documents if d.data is not None]
+    if not docs:
+        return
+    if len(docs) > 1:
+        rev.file_findings.append(
+            docs[1].finding(
+                (), "settings-invalid", f"{SETTINGS_FILE} holds one YAML document, not {len(docs)}"
+            )
+        )
+        return
+    doc = docs[0]
+    if not isinstance(doc.data, dict):
+        rev.file_findings.append(doc.finding((), "settings-invalid", f"{SETTINGS_FILE} must be a mapping"))
+        return
+    problems = schema_findings(doc, settings_validator())
+    rev.file_findings.extend(problems)
+    if not any(f.is_error for f in problems):
+        rev.settings = doc
 
 
 def _other_document(doc: Document) -> Finding | None:
@@ -105,6 +133,9 @@ def validate_sources(
     used: dict = {}
     for path, raw in files:
         rev.files.append(path)
+        if path.replace("\\", "/").rsplit("/", 1)[-1] == SETTINGS_FILE:
+            _read_settings(rev, path, raw, max_file_bytes)
+            continue
         ckey = (path, raw, max_file_bytes)
         hit = cache.get(ckey) if cache is not None else None
         if hit is None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import jsonschema
 from jsonschema.exceptions import ValidationError
 
-from ..catalog import schema_text
+from ..catalog import schema_text, settings_schema_text
 from ..findings import Finding
 from ..loading import Document
 
@@ -98,11 +98,17 @@ def _message(err: ValidationError) -> tuple[str, str]:
     if v == "const":
         return "schema-enum", f"must be {err.validator_value!r}, not {err.instance!r}"
     if v == "pattern":
+        if "propertyNames" in err.relative_schema_path or "propertyNames" in err.absolute_schema_path:
+            return "schema-pattern", f"{err.instance!r} is not a valid namespace name (a DNS-1123 label)"
         if err.path and err.path[-1] == "method":
             return "schema-enum", f"{err.instance!r} is not a tuning method; use lora or qlora"
         return "schema-pattern", f"{err.instance!r} does not match {err.validator_value}"
     if v == "minimum":
         return "schema-range", f"must be at least {err.validator_value}, not {err.instance}"
+    if v == "minProperties":
+        return "schema-required", "must set at least one field"
+    if v == "propertyNames":
+        return "schema-pattern", f"{err.instance!r} is not a valid namespace name (a DNS-1123 label)"
     if v == "required":
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         return "schema-required", f"missing required field '{missing}'"
@@ -125,8 +131,22 @@ def _unknown_keys(err: ValidationError) -> Iterator[tuple[str, str]]:
 def check_schema(doc: Document) -> list[Finding]:
     """Validate one Workspace or ConfigMap document against schema/workspace.schema.json."""
     kind = "ConfigMap" if doc.kind == "ConfigMap" else "Workspace"
+    return schema_findings(doc, _validators()[kind])
+
+
+@functools.cache
+def settings_validator() -> jsonschema.protocols.Validator:
+    """schema/kaito-gitops.schema.json: the repository's .kaito-gitops.yaml."""
+    schema = json.loads(settings_schema_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(_inline(schema, schema.get("$defs", {})))
+
+
+def schema_findings(doc: Document, validator: jsonschema.protocols.Validator) -> list[Finding]:
+    """One finding per schema error, at the offending key or value."""
     findings: list[Finding] = []
-    for err in _validators()[kind].iter_errors(doc.data):
+    for err in validator.iter_errors(doc.data):
         path = tuple(err.absolute_path)
         if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             for key, msg in _unknown_keys(err):
@@ -142,4 +162,4 @@ def check_schema(doc: Document) -> list[Finding]:
     return findings
 
 
-__all__ = ["check_schema", "workspace_schema"]
+__all__ = ["check_schema", "schema_findings", "settings_validator", "workspace_schema"]

@@ -65,6 +65,13 @@ _CLUSTER_PATH = re.compile(
     r"(?:/(?P<pools>agentPools)(?:/(?P<pool>[^/]+))?)?/?$",
     re.IGNORECASE,  # ARM matches path segments and names case-insensitively
 )
+# Microsoft.Compute reads the planner makes before merge: quota usages and resource SKUs.
+_USAGES_PATH = re.compile(
+    r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/locations/(?P<location>[^/]+)/usages/?$",
+    re.IGNORECASE,
+)
+_SKUS_PATH = re.compile(r"^/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.Compute/skus/?$", re.IGNORECASE)
+_LOCATION_FILTER = re.compile(r"^\s*location\s+eq\s+'(?P<location>[^']+)'\s*$", re.IGNORECASE)
 _TOKEN_PATH = re.compile(r"^/(?P<tenant>[^/]+)/oauth2/v2\.0/token$")
 _POLL_PATH = re.compile(r"^/(?P<kind>operations|deletes)/(?P<id>[0-9a-f-]+)$")
 
@@ -331,10 +338,12 @@ class _Injection:
     pool: str | None
     cluster: str | None
     times: int
+    api: str | None = None  # "usages" or "skus": only that Compute read; None: any request
 
-    def matches(self, method: str, cluster: _Cluster | None, pool: str | None) -> bool:
+    def matches(self, method: str, cluster: _Cluster | None, pool: str | None, api: str | None = None) -> bool:
         return (
-            (self.method is None or self.method == method)
+            (self.api is None or self.api == api)
+            and (self.method is None or self.method == method)
             and (self.pool is None or (pool is not None and self.pool.lower() == pool.lower()))
             and (
                 self.cluster is None or (cluster is not None and self.cluster.lower() == cluster.name.lower())
@@ -402,6 +411,8 @@ class ArmDouble:
         self._operations: dict[str, _Operation] = {}
         self._pending: dict[tuple[int, str], _Operation] = {}  # (id(cluster), pool) -> running op
         self._injections: list[_Injection] = []
+        self._usages: dict[str, dict[str, dict[str, Any]]] = {}  # location -> family -> Usage
+        self._skus: list[dict[str, Any]] = []  # ResourceSku wire forms
         self._provisioning_failures: list[_Injection] = []
         self._issued_tokens: set[str] = set()
         self._requests: list[RecordedRequest] = []
@@ -460,6 +471,19 @@ class ArmDouble:
 
         options = {"polling_interval": 0, "retry_total": 0, **kwargs}
         return ContainerServiceClient(
+            credential or self.credential(),
+            self.subscription_id,
+            base_url=self.base_url,
+            connection_verify=str(self.ca_path),
+            **options,
+        )
+
+    def compute_client(self, credential: Any = None, **kwargs: Any) -> Any:
+        """A real azure-mgmt-compute ComputeManagementClient aimed at the double."""
+        from azure.mgmt.compute import ComputeManagementClient
+
+        options = {"retry_total": 0, **kwargs}
+        return ComputeManagementClient(
             credential or self.credential(),
             self.subscription_id,
             base_url=self.base_url,
@@ -576,11 +600,61 @@ class ArmDouble:
         pool: str | None = None,
         cluster: str | None = None,
         times: int = 1,
+        api: str | None = None,
     ) -> None:
         """Answer the next `times` matching ARM requests with `error`. Operation and delete polls
-        count as requests on their pool; `pool=None` matches any request, lists included."""
+        count as requests on their pool; `pool=None` matches any request, lists included.
+        `api="usages"` or `api="skus"` picks one of the Compute reads."""
         with self._lock:
-            self._injections.append(_Injection(error, method and method.upper(), pool, cluster, times))
+            self._injections.append(
+                _Injection(error, method and method.upper(), pool, cluster, times, api)
+            )
+
+    # -- Microsoft.Compute: quota usages and resource SKUs --------------------------------------
+
+    def set_usage(
+        self, family: str, *, current: int, limit: int, location: str | None = None, localized: str = ""
+    ) -> None:
+        """The vCPU quota of one VM family in one location, as `az vm list-usage` shows it."""
+        loc = (location or self.location).lower()
+        with self._lock:
+            self._usages.setdefault(loc, {})[family] = {
+                "currentValue": current,
+                "limit": limit,
+                "name": {"value": family, "localizedValue": localized or f"{family} vCPUs"},
+                "unit": "Count",
+            }
+
+    def add_sku(
+        self,
+        name: str,
+        *,
+        family: str,
+        vcpus: int,
+        gpus: int = 0,
+        locations: Mapping[str, list[str]] | None = None,
+        restrictions: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """A virtual-machine resource SKU offered in `locations` (location -> zones)."""
+        locations = dict(locations or {self.location: ["1", "2", "3"]})
+        size = name.removeprefix("Standard_")
+        caps = [{"name": "vCPUs", "value": str(vcpus)}, {"name": "GPUs", "value": str(gpus)}]
+        with self._lock:
+            self._skus.append(
+                {
+                    "resourceType": "virtualMachines",
+                    "name": name,
+                    "tier": "Standard",
+                    "size": size,
+                    "family": family,
+                    "locations": list(locations),
+                    "locationInfo": [
+                        {"location": loc, "zones": zones, "zoneDetails": []} for loc, zones in locations.items()
+                    ],
+                    "capabilities": caps,
+                    "restrictions": list(restrictions or []),
+                }
+            )
 
     def fail_provisioning(
         self, error: ArmError, *, pool: str | None = None, cluster: str | None = None, times: int = 1
@@ -938,6 +1012,8 @@ class _Handler(BaseHTTPRequestHandler):
         with double._lock:
             if m := _POLL_PATH.match(path):
                 return self._poll(double, m["kind"], m["id"])
+            if (usages := _USAGES_PATH.match(path)) or _SKUS_PATH.match(path):
+                return self._compute(double, usages, query), []
             m = _CLUSTER_PATH.match(path)
             if m is None:
                 return _error(_not_found(f"The requested path '{path}' is not served by this double.")), []
@@ -968,6 +1044,34 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command == "DELETE":
                 return self._delete_pool(double, cluster, name), []
             return _error(_unsupported(self.command)), []
+
+    def _compute(self, double: ArmDouble, usages: re.Match | None, query: dict[str, str]) -> _Response:
+        if self.command != "GET":
+            return _error(_unsupported(self.command))
+        if "api-version" not in query:
+            return _error(MISSING_API_VERSION)
+        api = "usages" if usages else "skus"
+        if injected := _take_injection(double, "GET", None, None, api):
+            return _error(injected)
+        if usages:
+            items = list(double._usages.get(usages["location"].lower(), {}).values())
+            return _Response(200, {"value": copy.deepcopy(items)})
+        items = double._skus
+        if flt := query.get("$filter"):
+            m = _LOCATION_FILTER.match(flt)
+            if m is None:
+                return _error(ArmError(400, "InvalidFilter", f"The filter '{flt}' is not supported."))
+            loc = m["location"].lower()
+            items = [
+                {
+                    **sku,
+                    "locations": [x for x in sku["locations"] if x.lower() == loc],
+                    "locationInfo": [i for i in sku["locationInfo"] if i["location"].lower() == loc],
+                }
+                for sku in items
+                if any(x.lower() == loc for x in sku["locations"])
+            ]
+        return _Response(200, {"value": copy.deepcopy(items)})
 
     def _poll(self, double: ArmDouble, kind: str, op_id: str) -> tuple[_Response, list]:
         op = double._operations.get(op_id)
@@ -1052,13 +1156,35 @@ class _Handler(BaseHTTPRequestHandler):
         return _Response(202, None, {"Location": f"{double.base_url}/deletes/{op.id}"})
 
 
-def _take_injection(double: ArmDouble, method: str, cluster: _Cluster, pool: str | None) -> ArmError | None:
+def _take_injection(
+    double: ArmDouble, method: str, cluster: _Cluster | None, pool: str | None, api: str | None = None
+) -> ArmError | None:
     for injection in double._injections:
-        if injection.matches(method, cluster, pool):
+        if injection.matches(method, cluster, pool, api):
             injection.times -= 1
             double._injections = [i for i in double._injections if i.times > 0]
             return injection.error
     return None
+
+
+def zone_restriction(location: str, zones: list[str]) -> dict[str, Any]:
+    """A resource SKU restriction: not available in these zones for this subscription."""
+    return {
+        "type": "Zone",
+        "values": [location],
+        "restrictionInfo": {"locations": [location], "zones": list(zones)},
+        "reasonCode": "NotAvailableForSubscription",
+    }
+
+
+def location_restriction(location: str) -> dict[str, Any]:
+    """A resource SKU restriction: not available in this location for this subscription."""
+    return {
+        "type": "Location",
+        "values": [location],
+        "restrictionInfo": {"locations": [location]},
+        "reasonCode": "NotAvailableForSubscription",
+    }
 
 
 def _poll_wait(double: ArmDouble, op: _Operation) -> dict[str, str]:
