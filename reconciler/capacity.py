@@ -61,6 +61,7 @@ class FamilyNeed:
     needed: int  # vCPUs the revision adds in this family
     quota: FamilyQuota | None
     workspaces: tuple[WorkspaceKey, ...]
+    vcpus: tuple[int, ...] = ()  # what each of `workspaces` adds
 
     @property
     def short(self) -> int:
@@ -144,7 +145,7 @@ def check(diff: PlanDiff, facts: AzureFacts) -> CapacityReport:
         report.unknown.append(f"quota unknown: {facts.quota_unknown}")
     if facts.offers is None and facts.offers_unknown:
         report.unknown.append(f"region capacity unknown: {facts.offers_unknown}")
-    needs: dict[str, tuple[int, list[WorkspaceKey]]] = {}
+    needs: dict[str, tuple[int, list[WorkspaceKey], list[int]]] = {}
     names: dict[str, str] = {}
     for c in diff.changes:
         after = c.after
@@ -165,14 +166,14 @@ def check(diff: PlanDiff, facts: AzureFacts) -> CapacityReport:
         grow = after.nodes * per_node - have
         if grow <= 0:
             continue
-        total, keys = needs.get(family.lower(), (0, []))
-        needs[family.lower()] = (total + grow, [*keys, c.key])
+        total, keys, each = needs.get(family.lower(), (0, [], []))
+        needs[family.lower()] = (total + grow, [*keys, c.key], [*each, grow])
         names[family.lower()] = family
-    for fam, (needed, keys) in sorted(needs.items()):
+    for fam, (needed, keys, each) in sorted(needs.items()):
         quota = (facts.quotas or {}).get(fam) if facts.quotas is not None else None
         if facts.quotas is not None and quota is None:
             quota = FamilyQuota(names[fam], 0, 0)  # no quota listed for the family: none granted
-        need = FamilyNeed(names[fam], needed, quota, tuple(keys))
+        need = FamilyNeed(names[fam], needed, quota, tuple(keys), tuple(each))
         report.families.append(need)
         if quota is not None and need.short:
             for k in keys:
@@ -197,6 +198,7 @@ def text_lines(report: CapacityReport) -> list[str]:
             f"{need.family}: needs {need.needed} vCPUs in {report.location}, {need.quota.free} free "
             f"({need.quota.current}/{need.quota.limit} used): {verdict}"
         )
+        lines += [f"  {k[0]}/{k[1]}: +{n} vCPUs" for k, n in zip(need.workspaces, need.vcpus, strict=True)]
     for (ns, name), problems in sorted(report.problems.items()):
         for p in problems:
             lines.append(f"{ns}/{name}: {p}")

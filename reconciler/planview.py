@@ -58,6 +58,9 @@ def checks_markdown(checks: Checks | None) -> str:
                     f"- {mark} `{need.family}`: needs {need.needed} vCPUs, {need.quota.free} free "
                     f"({need.quota.current}/{need.quota.limit} used){verdict}"
                 )
+            out += [
+                f"  - `{k[0]}/{k[1]}`: +{n} vCPUs" for k, n in zip(need.workspaces, need.vcpus, strict=True)
+            ]
         for (ns, name), problems in sorted(cap.problems.items()):
             out += [f"- :x: `{ns}/{name}`: {p}" for p in problems]
         out += [f"- :grey_question: {u}" for u in cap.unknown]
@@ -210,6 +213,9 @@ def _checks_dict(checks: Checks | None) -> dict | None:
                     "freeVcpus": n.quota.free if n.quota else None,
                     "shortVcpus": n.short if n.quota else None,
                     "workspaces": [f"{k[0]}/{k[1]}" for k in n.workspaces],
+                    "vcpusPerWorkspace": dict(
+                        zip((f"{k[0]}/{k[1]}" for k in n.workspaces), n.vcpus, strict=True)
+                    ),
                 }
                 for n in cap.families
             ],

@@ -282,6 +282,7 @@ def test_plan_shows_a_quota_shortfall_before_merge(arm, tmp_path, monkeypatch, c
         "freeVcpus": 40,
         "shortVcpus": 152,
         "workspaces": ["team-a/big"],
+        "vcpusPerWorkspace": {"team-a/big": 192},
     }
     # the reads are the real ones, with their api-versions, and nothing is written
     reads = {(r.method, r.path.split("/providers/")[-1]) for r in arm.requests if "/providers/" in r.path}
@@ -309,9 +310,11 @@ def test_workspaces_of_one_family_count_together_and_an_owned_pool_only_by_its_g
     # big is unchanged (its pool is in the 192 used); big2 needs 192 of the 108 free
     assert f"{AMSR_FAMILY}: needs 192 vCPUs in eastus, 108 free (192/300 used): SHORT by 84" in out, out
     assert "team-a/big2: this will fail with QuotaExceeded" in out and "team-a/big:" not in out
-    # without a base, both are new: 384 vCPUs together
+    assert "  team-a/big2: +192 vCPUs" in out
+    # without a base, both are new: 384 vCPUs together, each named with its share
     _rc, out, _ = run_cli(monkeypatch, capsys, tmp_path, "plan", "ws", *flags)
     assert f"{AMSR_FAMILY}: needs 384 vCPUs" in out
+    assert "  team-a/big: +192 vCPUs\n    team-a/big2: +192 vCPUs" in out
 
 
 def test_a_size_restricted_in_the_clusters_zone_says_where_it_is_offered(arm, tmp_path, monkeypatch, capsys):
