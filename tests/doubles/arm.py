@@ -340,7 +340,9 @@ class _Injection:
     times: int
     api: str | None = None  # "usages" or "skus": only that Compute read; None: any request
 
-    def matches(self, method: str, cluster: _Cluster | None, pool: str | None, api: str | None = None) -> bool:
+    def matches(
+        self, method: str, cluster: _Cluster | None, pool: str | None, api: str | None = None
+    ) -> bool:
         return (
             (self.api is None or self.api == api)
             and (self.method is None or self.method == method)
@@ -606,9 +608,7 @@ class ArmDouble:
         count as requests on their pool; `pool=None` matches any request, lists included.
         `api="usages"` or `api="skus"` picks one of the Compute reads."""
         with self._lock:
-            self._injections.append(
-                _Injection(error, method and method.upper(), pool, cluster, times, api)
-            )
+            self._injections.append(_Injection(error, method and method.upper(), pool, cluster, times, api))
 
     # -- Microsoft.Compute: quota usages and resource SKUs --------------------------------------
 
@@ -649,7 +649,8 @@ class ArmDouble:
                     "family": family,
                     "locations": list(locations),
                     "locationInfo": [
-                        {"location": loc, "zones": zones, "zoneDetails": []} for loc, zones in locations.items()
+                        {"location": loc, "zones": zones, "zoneDetails": []}
+                        for loc, zones in locations.items()
                     ],
                     "capabilities": caps,
                     "restrictions": list(restrictions or []),
