@@ -72,15 +72,17 @@ class OpenAIError(Exception):
         type_: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def _bad(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
@@ -357,8 +359,13 @@ class Engine:
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         check_memory: bool = True,
         trust_remote_code: bool = False,
+        batching: bool = True,
+        max_running: int = 8,
+        max_queued: int = 64,
     ):
         self.model_path = model_path
+        self.batching, self.max_running, self.max_queued = batching, max_running, max_queued
+        self.batcher: Any = None  # runtime.cpu_batching.Batcher once loaded, when batching applies
         self.served_model_name = served_model_name
         self.adapters = dict(adapters or {})
         self.aliases = {served_model_name, model_path, *aliases}
@@ -441,6 +448,19 @@ class Engine:
         if tokenizer.pad_token_id is None and eos:
             tokenizer.pad_token_id = min(eos)
         self.tokenizer, self.model = tokenizer, model
+        if self.batching and not self.adapters:
+            # LoRA layers live inside the base model's modules and peft switches them globally, so
+            # a server with adapters decodes through peft, one request at a time (see batchable)
+            from runtime.cpu_batching import Batcher
+
+            self.batcher = Batcher(
+                model,
+                self.eos_ids,
+                self.sampling_defaults,
+                max_running=self.max_running,
+                max_queued=self.max_queued,
+                max_context=self.max_context,
+            )
         self.load_seconds = time.monotonic() - started
         self.ready.set()
         log.info("model %s loaded from %s in %.1f s", self.served_model_name, path, self.load_seconds)
@@ -511,6 +531,66 @@ class Engine:
         if sampling.max_tokens is not None:
             return sampling.max_tokens
         return min(room, self.default_max_tokens)
+
+    def batchable(self, adapter: str | None, sampling: Sampling) -> bool:
+        """Whether this request joins the continuous batch. Not: an adapter (peft), a seed (one RNG
+        for the whole batch), min_tokens or a repetition penalty (no per-request processor)."""
+        return (
+            self.batcher is not None
+            and adapter is None
+            and sampling.seed is None
+            and (sampling.min_tokens == 0 or sampling.ignore_eos)
+            and sampling.repetition_penalty == 1.0
+        )
+
+    def busy(self, retry_after: int) -> OpenAIError:
+        return OpenAIError(
+            503,
+            f"the server is busy ({self.max_running} requests decoding, {self.max_queued} waiting); "
+            f"retry after {retry_after}s",
+            "server_error",
+            "server_busy",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+    def generate_batched(
+        self,
+        ids: list[int],
+        max_new: int,
+        sampling: Sampling,
+        on_text: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Generation:
+        """Generate in the shared batch: blocks this (request) thread, not the model's."""
+        from runtime.cpu_batching import Busy
+
+        detok = _Detokenizer(self.tokenizer, sampling.stop)
+        defaults = self.sampling_defaults
+        params = {
+            "temperature": defaults.get("temperature", 1.0)
+            if sampling.temperature is None
+            else sampling.temperature,
+            "top_p": defaults.get("top_p", 1.0) if sampling.top_p is None else sampling.top_p,
+            "top_k": int(defaults.get("top_k", 0)) if sampling.top_k is None else sampling.top_k,
+        }
+
+        def on_tokens(new: list[int]) -> bool:
+            delta = detok.add(new)
+            if delta and on_text is not None:
+                on_text(delta)
+            return detok.stopped
+
+        try:
+            res = self.batcher.generate(
+                ids, max_new, params, ignore_eos=sampling.ignore_eos, on_tokens=on_tokens, cancel=cancel
+            )
+        except Busy as exc:
+            raise self.busy(exc.retry_after) from None
+        tail = detok.finish()
+        if tail and on_text is not None:
+            on_text(tail)
+        reason = "stop" if detok.stopped else res.finish_reason
+        return Generation(res.token_ids, detok.text, reason, len(ids))
 
     def generate(
         self,
@@ -646,6 +726,15 @@ class _Metrics:
             "kaito_inference_model_loaded", "1 once the model is loaded", ["model"], registry=self.registry
         )
         self.loaded.labels(model).set(0)
+        # the names SGLang exports, so autoscaling reads either backend the same way
+        self.running = Gauge(
+            "sglang:num_running_reqs", "Requests decoding", ["model_name"], registry=self.registry
+        )
+        self.queued = Gauge(
+            "sglang:num_queue_reqs", "Requests waiting for a slot", ["model_name"], registry=self.registry
+        )
+        self.running.labels(model).set(0)
+        self.queued.labels(model).set(0)
 
     def count_tokens(self, model: str, gen: Generation) -> None:
         self.prompt_tokens.labels(model).inc(gen.prompt_tokens)
@@ -730,8 +819,23 @@ def _sse(obj: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+MAX_BODY_BYTES = 4 << 20  # far beyond any context this server holds; read no more than this
+
+
 async def _json_body(request: Request) -> dict:
-    raw = await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _bad(
+            f"the request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,}",
+            code="body_too_large",
+        )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _bad(f"the request body is over {MAX_BODY_BYTES:,} bytes", code="body_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -758,6 +862,9 @@ def create_app(
     trust_remote_code: bool = False,
     load_in_background: bool = True,
     on_load_error: Callable[[BaseException], None] | None = None,
+    batching: bool = True,
+    max_running: int = 8,
+    max_queued: int = 64,
 ) -> FastAPI:
     """The CPU server for `model_path` (a folder, or anything runtime.weights.resolve_model takes).
 
@@ -779,6 +886,9 @@ def create_app(
         default_max_tokens=default_max_tokens,
         check_memory=check_memory,
         trust_remote_code=trust_remote_code,
+        batching=batching,
+        max_running=max_running,
+        max_queued=max_queued,
     )
     metrics = _Metrics(served)
     worker = ModelThread()
@@ -841,6 +951,13 @@ def create_app(
     async def prometheus() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if engine.batcher is not None:
+            metrics.running.labels(served).set(engine.batcher.running)
+            metrics.queued.labels(served).set(engine.batcher.waiting)
+        else:
+            metrics.running.labels(served).set(1 if engine.lock.locked() else 0)
+            metrics.queued.labels(served).set(max(0, worker.jobs.qsize()))
+
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_card(name: str, parent: str | None) -> dict:
@@ -866,7 +983,14 @@ def create_app(
         )
 
     async def run(ids: list[int], max_new: int, sampling: Sampling, adapter: str | None) -> Generation:
-        gen = await worker.run(engine.generate, ids, max_new, sampling, adapter)
+        if engine.batchable(adapter, sampling):
+            cancel = threading.Event()
+            try:  # a request thread that only waits: the batch runs on the manager's thread
+                gen = await asyncio.to_thread(engine.generate_batched, ids, max_new, sampling, None, cancel)
+            finally:
+                cancel.set()  # the client went away mid-request: leave the batch
+        else:
+            gen = await worker.run(engine.generate, ids, max_new, sampling, adapter)
         metrics.count_tokens(served, gen)
         return gen
 
@@ -885,16 +1009,17 @@ def create_app(
         queue: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
 
+        batched = engine.batchable(adapter, sampling)
+        if batched and engine.batcher.full():
+            raise engine.busy(engine.batcher.retry_after())
+
         def work() -> None:
             try:
-                gen = engine.generate(
-                    ids,
-                    max_new,
-                    sampling,
-                    adapter,
-                    lambda t: loop.call_soon_threadsafe(queue.put_nowait, ("text", t)),
-                    cancel,
-                )
+                emit = lambda t: loop.call_soon_threadsafe(queue.put_nowait, ("text", t))  # noqa: E731
+                if batched:
+                    gen = engine.generate_batched(ids, max_new, sampling, emit, cancel)
+                else:
+                    gen = engine.generate(ids, max_new, sampling, adapter, emit, cancel)
                 metrics.count_tokens(served, gen)
                 loop.call_soon_threadsafe(queue.put_nowait, ("done", gen))
             except OpenAIError as exc:
@@ -913,7 +1038,10 @@ def create_app(
             return _sse(out)
 
         async def events() -> AsyncIterator[bytes]:
-            worker.submit(work)
+            if batched:
+                threading.Thread(target=work, name="cb-request", daemon=True).start()
+            else:
+                worker.submit(work)
             try:
                 yield chunk(None, None)
                 while True:

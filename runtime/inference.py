@@ -559,6 +559,8 @@ def run_cpu(opts: InferenceOptions, dry_run: bool, why: str) -> int:
         context_length=opts.context_length,
         trust_remote_code=opts.trust_remote_code,
         on_load_error=on_load_error,
+        max_running=opts.max_running_requests or 8,
+        max_queued=opts.max_queued_requests or 64,
     )
     server = _uvicorn_server(app, opts.host, opts.port)
     holder["server"] = server

@@ -42,6 +42,8 @@ class InferenceOptions:
     backend: str = "sglang"
     trust_remote_code: bool = False
     download_dir: str | None = None
+    max_running_requests: int | None = None  # SGLang's flag; the CPU server's batch size (default 8)
+    max_queued_requests: int | None = None  # SGLang's flag; requests waiting beyond it get a 503
     extra: list[str] = field(default_factory=list)  # SGLang flags passed through after `--`
 
 
@@ -76,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--download-dir")
+    p.add_argument("--max-running-requests", type=int, help="requests decoding together (CPU default 8)")
+    p.add_argument("--max-queued-requests", type=int, help="requests waiting for a slot (CPU default 64)")
     p.add_argument(
         "--dry-run", action="store_true", help="print the server command (secrets redacted) and exit"
     )
@@ -175,6 +179,10 @@ def sglang_command(opts: InferenceOptions, port: int | None = None, api_key: str
         cmd.append("--trust-remote-code")
     if opts.download_dir:
         cmd += ["--download-dir", opts.download_dir]
+    if opts.max_running_requests:
+        cmd += ["--max-running-requests", str(opts.max_running_requests)]
+    if opts.max_queued_requests:
+        cmd += ["--max-queued-requests", str(opts.max_queued_requests)]
     adapters = find_adapters(opts.adapters_dir)
     if adapters:
         cmd += [

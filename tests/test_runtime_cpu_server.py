@@ -520,5 +520,21 @@ def test_smollm2_answers_paris(smollm_cache):
                 json={"model": "smollm2-135m-instruct", "messages": question, "seed": seed, "max_tokens": 20},
             )
             assert "Paris" in r.json()["choices"][0]["message"]["content"], (seed, r.json())
+        # no seed: the request joins the continuous batch, and decodes exactly what generate() does
+        engine = c.app.state.engine
+        assert engine.batcher is not None
+        prompt = "Three facts about the river Seine:"
+        ids = engine.tokenizer(prompt)["input_ids"]
+        import torch
+
+        with torch.inference_mode():
+            ref = engine.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[
+                0, len(ids) :
+            ]
+        r = c.post(
+            "/v1/completions",
+            json={"model": "smollm2-135m-instruct", "prompt": prompt, "max_tokens": 40, "temperature": 0},
+        )
+        assert r.json()["choices"][0]["text"] == engine.tokenizer.decode(ref, skip_special_tokens=True)
     # converted once: later resolutions read the folder
     assert weights.resolve_model("smollm2-135m-instruct", cache_dir=smollm_cache) == converted
