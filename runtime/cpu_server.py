@@ -365,7 +365,9 @@ class Engine:
     ):
         self.model_path = model_path
         self.batching, self.max_running, self.max_queued = batching, max_running, max_queued
-        self.batcher: Any = None  # runtime.cpu_batching.Batcher once loaded, when batching applies
+        self.batcher: Any = None  # runtime.cpu_batching.Batcher of greedy requests, when batching applies
+        self._sampler: Any = None  # the Batcher of sampled requests, made on the first one
+        self._sampler_lock = threading.Lock()
         self.served_model_name = served_model_name
         self.adapters = dict(adapters or {})
         self.aliases = {served_model_name, model_path, *aliases}
@@ -460,6 +462,7 @@ class Engine:
                 max_running=self.max_running,
                 max_queued=self.max_queued,
                 max_context=self.max_context,
+                greedy=True,
             )
         self.load_seconds = time.monotonic() - started
         self.ready.set()
@@ -543,6 +546,32 @@ class Engine:
             and sampling.repetition_penalty == 1.0
         )
 
+    def batch_for(self, sampling: Sampling) -> Any:
+        """Greedy requests decode in one batch, sampled ones in another (see runtime.cpu_batching)."""
+        t = (
+            self.sampling_defaults.get("temperature", 1.0)
+            if sampling.temperature is None
+            else sampling.temperature
+        )
+        if t <= 0:
+            return self.batcher
+        with self._sampler_lock:
+            if self._sampler is None:
+                from runtime.cpu_batching import Batcher
+
+                self._sampler = Batcher(
+                    self.model,
+                    self.eos_ids,
+                    self.sampling_defaults,
+                    max_running=self.max_running,
+                    max_queued=self.max_queued,
+                    max_context=self.max_context,
+                )
+            return self._sampler
+
+    def batches(self) -> list[Any]:
+        return [b for b in (self.batcher, self._sampler) if b is not None]
+
     def busy(self, retry_after: int) -> OpenAIError:
         return OpenAIError(
             503,
@@ -581,7 +610,7 @@ class Engine:
             return detok.stopped
 
         try:
-            res = self.batcher.generate(
+            res = self.batch_for(sampling).generate(
                 ids, max_new, params, ignore_eos=sampling.ignore_eos, on_tokens=on_tokens, cancel=cancel
             )
         except Busy as exc:
@@ -892,6 +921,10 @@ def create_app(
     )
     metrics = _Metrics(served)
     worker = ModelThread()
+    # threads that only wait for their request's tokens (asyncio's default pool has cores + 4)
+    waiters = concurrent.futures.ThreadPoolExecutor(
+        2 * (max_running + max_queued), thread_name_prefix="cb-wait"
+    )
 
     def load() -> None:
         try:
@@ -952,8 +985,8 @@ def create_app(
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         if engine.batcher is not None:
-            metrics.running.labels(served).set(engine.batcher.running)
-            metrics.queued.labels(served).set(engine.batcher.waiting)
+            metrics.running.labels(served).set(sum(b.running for b in engine.batches()))
+            metrics.queued.labels(served).set(sum(b.waiting for b in engine.batches()))
         else:
             metrics.running.labels(served).set(1 if engine.lock.locked() else 0)
             metrics.queued.labels(served).set(max(0, worker.jobs.qsize()))
@@ -986,7 +1019,9 @@ def create_app(
         if engine.batchable(adapter, sampling):
             cancel = threading.Event()
             try:  # a request thread that only waits: the batch runs on the manager's thread
-                gen = await asyncio.to_thread(engine.generate_batched, ids, max_new, sampling, None, cancel)
+                gen = await asyncio.get_running_loop().run_in_executor(
+                    waiters, engine.generate_batched, ids, max_new, sampling, None, cancel
+                )
             finally:
                 cancel.set()  # the client went away mid-request: leave the batch
         else:
@@ -1010,8 +1045,8 @@ def create_app(
         cancel = threading.Event()
 
         batched = engine.batchable(adapter, sampling)
-        if batched and engine.batcher.full():
-            raise engine.busy(engine.batcher.retry_after())
+        if batched and engine.batch_for(sampling).full():
+            raise engine.busy(engine.batch_for(sampling).retry_after())
 
         def work() -> None:
             try:

@@ -8,6 +8,7 @@ The server does not use this yet (issue 15); these tests pin the behaviour it wi
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -260,3 +261,29 @@ def test_a_10_mb_prompt_or_a_completion_beyond_the_context_is_a_400(server):
     assert r.status_code == 400 and "limit" in r.json()["error"]["message"]
     r = completion(server, 10**7)
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_batched_requests_keep_stop_strings_streaming_and_sampling(server):
+    import httpx
+
+    full = completion(server, 24).json()["choices"][0]["text"]
+    stop = full[8:12]
+    cut = completion(server, 24, stop=[stop]).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["text"] == full[: full.index(stop)]
+    with httpx.stream(
+        "POST",
+        f"{server}/v1/completions",
+        json={
+            "model": "tiny",
+            "prompt": "hello there",
+            "max_tokens": 24,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        },
+        timeout=120,
+    ) as r:
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+    assert "".join(e["choices"][0]["text"] for e in events) == full
+    sampled = completion(server, 16, temperature=0.9, top_p=0.9, top_k=40)
+    assert sampled.status_code == 200 and sampled.json()["usage"]["completion_tokens"] == 16
