@@ -100,8 +100,10 @@ def main() -> None:
     }
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.inference", "--backend", "cpu", "--model", model]
-        + ["--served-model-name", served, "--host", "127.0.0.1", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "runtime.inference", "--backend", "cpu", "--model", model),
+            *("--served-model-name", served, "--host", "127.0.0.1", "--port", str(port)),
+        ],
         env=env,
         cwd=ROOT,
         stdout=log,
