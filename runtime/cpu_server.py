@@ -948,6 +948,10 @@ def create_app(
         else:
             await worker.run(load)
         yield
+        for batch in engine.batches():  # stop the decode threads before the interpreter exits
+            await asyncio.to_thread(batch.close)
+        engine.batcher = engine._sampler = None  # an app started again decodes on the generate path
+        waiters.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="kaito-gitops CPU inference server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
