@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -99,6 +98,10 @@ class Batcher:
         self._router.start()
 
     # -- figures --------------------------------------------------------------------------------
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
     @property
     def running(self) -> int:
         return self._running
@@ -188,7 +191,7 @@ class Batcher:
                     out = sink.get(timeout=POLL)
                 except queue.Empty:
                     if self._stopped.is_set():
-                        return Result(tokens, "abort")
+                        raise RuntimeError("the continuous batching engine stopped") from None
                     continue
                 if out.error:
                     raise RuntimeError(f"continuous batching failed: {out.error}")
@@ -216,8 +219,10 @@ class Batcher:
                 self._stopped.set()
                 return
             if out is None:
-                if not self.manager.is_running():
-                    time.sleep(0.1)
+                if not self.manager.is_running():  # its thread died: nothing more will come
+                    log.error("the continuous batching thread stopped; requests fall back to generate")
+                    self._stopped.set()
+                    return
                 continue
             with self._lock:
                 sink = self._sinks.get(out.request_id)

@@ -540,6 +540,7 @@ class Engine:
         for the whole batch), min_tokens or a repetition penalty (no per-request processor)."""
         return (
             self.batcher is not None
+            and not self.batcher.stopped
             and adapter is None
             and sampling.seed is None
             and (sampling.min_tokens == 0 or sampling.ignore_eos)

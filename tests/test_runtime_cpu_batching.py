@@ -287,3 +287,22 @@ def test_batched_requests_keep_stop_strings_streaming_and_sampling(server):
     assert "".join(e["choices"][0]["text"] for e in events) == full
     sampled = completion(server, 16, temperature=0.9, top_p=0.9, top_k=40)
     assert sampled.status_code == 200 and sampled.json()["usage"]["completion_tokens"] == 16
+
+
+def test_requests_fall_back_to_generate_when_the_batch_engine_dies(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from runtime.cpu_server import create_app
+
+    app = create_app(str(build_tiny_model(tmp_path / "model")), "tiny", load_in_background=False)
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    with TestClient(app) as c:
+        engine = app.state.engine
+        assert c.post("/v1/completions", json=body).status_code == 200
+        engine.batcher.manager.stop(block=True)  # what a crash of its thread leaves
+        deadline = time.monotonic() + 10
+        while not engine.batcher.stopped and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.batcher.stopped
+        r = c.post("/v1/completions", json=body)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
