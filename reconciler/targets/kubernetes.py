@@ -226,7 +226,8 @@ class KubernetesTarget:
         self._verified[ident] = (rv or "") + want
         return None
 
-    def _apply_one(self, obj: dict) -> dict:
+    def _apply_one(self, obj: dict, dry_run: bool = False) -> dict:
+        """Server-side apply of one object; with `dry_run`, what the server would store, unwritten."""
         md = obj["metadata"]
         resp = self._call(
             obj["kind"],
@@ -237,6 +238,7 @@ class KubernetesTarget:
             field_manager=FIELD_MANAGER,
             force=True,
             _content_type=APPLY,
+            **({"dry_run": "All"} if dry_run else {}),
         )
         stored = _json(resp)
         stored.get("metadata", {}).pop("managedFields", None)
@@ -253,18 +255,7 @@ class KubernetesTarget:
                 raise
             live = None
         try:
-            resp = self._call(
-                obj["kind"],
-                "patch",
-                md["name"],
-                md["namespace"],
-                obj,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                dry_run="All",
-                _content_type=APPLY,
-            )
-            return live, _json(resp), ""
+            return live, self._apply_one(obj, dry_run=True), ""
         except ApiException as e:
             if e.status == 422 and "immutable" in (e.body or "") and live is not None:
                 return live, obj, "replaced: a field that cannot change in place differs"
