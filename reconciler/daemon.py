@@ -74,13 +74,20 @@ class WorkspaceReport:
     gpus: int = 0
     nodes: int = 0
     applied_revision: str = ""
-    price_per_hour: float | None = None  # list price of its nodes; None where nothing is billed (local)
+    # list price of its node pool while one exists (AKS bills from then on, ready or not, until it is
+    # deleted); None: no pool of ours (not yet, bring-your-own nodes, or the local target)
+    price_per_hour: float | None = None
 
-    @property
-    def billed(self) -> bool:
-        """Its nodes exist (AKS bills from then on, ready or not)."""
-        ready = self.status.condition("ResourceReady")
-        return (ready is not None and ready.status == "True") or self.status.state == "Deleting"
+
+def spend(reports: list[WorkspaceReport]) -> dict[str, tuple[int, float]]:
+    """namespace -> (GPUs, $/hour) of the node pools we provisioned that exist now, at list price."""
+    out: dict[str, tuple[int, float]] = {}
+    for r in reports:
+        if r.price_per_hour is None:
+            continue
+        gpus, price = out.get(r.key[0], (0, 0.0))
+        out[r.key[0]] = (gpus + r.gpus, round(price + r.price_per_hour, 3))
+    return out
 
 
 @dataclass
@@ -93,6 +100,7 @@ class PassResult:
     removed: list[WorkspaceKey] = field(default_factory=list)
     held: list[WorkspaceKey] = field(default_factory=list)  # not pruned on purpose
     seconds: float = 0.0
+    reports: list[WorkspaceReport] = field(default_factory=list)  # status after the pass, built once
 
 
 def now_iso() -> str:
@@ -124,7 +132,6 @@ class Daemon:
         self.findings: dict[WorkspaceKey, list[Finding]] = {}
         self.statuses: dict[WorkspaceKey, WorkspaceStatus] = {}
         self.applied_revision: dict[WorkspaceKey, str] = {}
-        self.budgets: budgets.Budgets | None = None  # the caps of .kaito-gitops.yaml at `revision`
         self._backoff: dict[WorkspaceKey, tuple[int, float]] = {}
         self._global_failures = 0
         self._trigger = threading.Event()
@@ -184,7 +191,6 @@ class Daemon:
                     revision=rev[:12],
                     finding=f.text(),
                 )
-        self.budgets = budgets.from_revision(validated)
         present = {ws.key for ws in validated.workspaces if ws.name}
         desired = dict(state.plans)
         findings: dict[WorkspaceKey, list[Finding]] = {}
@@ -350,7 +356,8 @@ class Daemon:
                 self._record_error(key, msg)
         result.seconds = time.perf_counter() - start
         self.metrics.pass_seconds.observe(result.seconds)
-        self._count_states()
+        result.reports = self.reports()
+        self._count_states(result.reports)
         self.last_pass = result
         self.synced.set()
         log.info(
@@ -474,7 +481,7 @@ class Daemon:
             kind = plan.kind if plan else "inference"
             self.statuses[key] = carry_times(None, failed_status(kind, msg), now_iso())
 
-    def _count_states(self) -> None:
+    def _count_states(self, reports: list[WorkspaceReport]) -> None:
         counts: dict[str, int] = {}
         for s in self.statuses.values():
             counts[s.state] = counts.get(s.state, 0) + 1
@@ -489,11 +496,9 @@ class Daemon:
                     1 if c.status == "True" else 0
                 )
         self.metrics.in_backoff.set(len(self._backoff))
-        from .report.statusview import spend  # the same figures STATUS.md shows
-
-        self.metrics.spend.clear()
+        self.metrics.spend.clear()  # the figures STATUS.md shows
         self.metrics.gpus_billed.clear()
-        for ns, (gpus, price) in spend(self.reports()).items():
+        for ns, (gpus, price) in spend(reports).items():
             self.metrics.spend.labels(namespace=ns).set(price)
             self.metrics.gpus_billed.labels(namespace=ns).set(gpus)
 
@@ -502,6 +507,7 @@ class Daemon:
         """Status of every workspace in the repository (invalid ones included)."""
         out = []
         workspaces = {ws.key: ws for ws in (self.validated.workspaces if self.validated else []) if ws.name}
+        pools = self.provisioner.owned()  # what is billed: pools that exist, as the last refresh saw them
         for key in sorted(set(workspaces) | set(self.desired)):
             plan = self.desired.get(key)
             ws = plan.workspace if plan else workspaces[key]
@@ -524,7 +530,7 @@ class Daemon:
                     gpus=plan.gpus if plan else 0,
                     nodes=plan.nodes if plan else 0,
                     applied_revision=self.applied_revision.get(key, ""),
-                    price_per_hour=self._price(plan),
+                    price_per_hour=plan.price_per_hour if plan and key in pools else None,
                 )
             )
         for key, plan in sorted(self._leaving.items()):
@@ -551,15 +557,10 @@ class Daemon:
                     status=deleting,
                     gpus=plan.gpus,
                     nodes=plan.nodes,
-                    price_per_hour=self._price(plan),
+                    price_per_hour=plan.price_per_hour if key in pools else None,
                 )
             )
         return out
-
-    def _price(self, plan: WorkspacePlan | None) -> float | None:
-        if plan is None or self.target.name == "local":
-            return None  # the local target runs on this machine: no cloud bill
-        return plan.price_per_hour
 
     # -- the loop ---------------------------------------------------------------------------
     def _next_wait(self) -> float:

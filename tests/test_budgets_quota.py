@@ -21,12 +21,11 @@ from test_github_review import BOT, OWNER, REPO, World, bot_comments, open_pr, r
 
 from reconciler.cli import build_parser, main
 from reconciler.daemon import Daemon, DaemonSettings, WorkspaceReport
-from reconciler.metrics import Metrics
 from reconciler.provisioners.azure_facts import AzureFactsReader
 from reconciler.provisioners.none import NoneProvisioner
 from reconciler.report.statusview import spend_lines
 from reconciler.source.git import GitSource
-from reconciler.status import Condition, WorkspaceStatus
+from reconciler.status import WorkspaceStatus
 from reconciler.targets.render import RenderTarget
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,32 +193,30 @@ def test_the_daemon_holds_a_workspace_that_crosses_a_budget_until_git_raises_it(
 # -- spend in status ---------------------------------------------------------------------------
 
 
-def _report(ns: str, name: str, gpus: int, price: float | None, ready: bool) -> WorkspaceReport:
-    cond = Condition("ResourceReady", "True" if ready else "False", "r", "")
+def _report(ns: str, name: str, gpus: int, price: float | None) -> WorkspaceReport:
     return WorkspaceReport(
         key=(ns, name),
         path=f"{name}.yaml",
         revision="abc",
         kind="inference",
         instance_type=AMSR,
-        status=WorkspaceStatus("Ready" if ready else "Pending", (cond,)),
+        status=WorkspaceStatus("Ready"),
         gpus=gpus,
         price_per_hour=price,
     )
 
 
-def test_status_md_shows_the_spend_of_the_nodes_that_exist():
+def test_status_md_shows_the_spend_of_the_pools_that_exist():
     reports = [
-        _report("team-a", "big", 16, 65.54, True),
-        _report("team-a", "oss", 8, 27.197, True),
-        _report("team-b", "wait", 8, 27.197, False),  # no nodes yet: not billed
-        _report("team-b", "local", 1, None, True),  # the local target: nothing billed
+        _report("team-a", "big", 16, 65.54),
+        _report("team-a", "oss", 8, 27.197),
+        _report("team-b", "wait", 8, None),  # no pool yet (or bring-your-own nodes): not billed
     ]
     lines = spend_lines(reports)
     assert "| team-a | 24 | $92.74 | $67,698 |" in lines
     assert "| **total** | 24 | $92.74 | $67,698 |" in lines
     assert not any("team-b" in x for x in lines)
-    assert spend_lines([_report("x", "y", 1, None, True)]) == []
+    assert spend_lines([_report("x", "y", 1, None)]) == []
 
 
 # -- quota and capacity against the ARM double ---------------------------------------------------
@@ -455,14 +452,3 @@ def test_the_docs_commands_parse_and_the_role_grants_exactly_the_reads():
     assert role["Name"] in text and not role["DataActions"]
     for block in [b for lang, b in doc_blocks(text) if lang == "yaml"]:
         assert "budgets:" in block
-
-
-def test_spend_metrics_are_exported():
-    m = Metrics()
-    m.spend.labels(namespace="team-a").set(65.54)
-    m.gpus_billed.labels(namespace="team-a").set(16)
-    from prometheus_client import generate_latest
-
-    text = generate_latest(m.registry).decode()
-    assert 'kaito_gitops_spend_dollars_per_hour{namespace="team-a"} 65.54' in text
-    assert 'kaito_gitops_gpus_billed{namespace="team-a"} 16.0' in text

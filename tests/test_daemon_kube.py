@@ -329,10 +329,18 @@ def test_tuning_job_lifecycle(kube_api, git_remote, tmp_path):
     assert s.state == "Succeeded" and s.condition("WorkspaceSucceeded").status == "True"
 
 
+def metrics_text(d) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(d.metrics.registry).decode()
+
+
 def test_aks_nodes_then_workload_and_quota_in_status(kube_api, git_remote, tmp_path):
     from doubles.arm import ArmDouble, quota_exceeded
 
+    from reconciler.daemon import spend
     from reconciler.provisioners.aks import AksProvisioner
+    from reconciler.report.statusview import status_files
 
     git_remote.write({"workspaces/a.yaml": smol_ws("a"), "workspaces/b.yaml": smol_ws("b")})
     with ArmDouble(tmp_path / "arm", auto_advance=False) as arm:
@@ -366,17 +374,25 @@ def test_aks_nodes_then_workload_and_quota_in_status(kube_api, git_remote, tmp_p
             if p["properties"].get("tags", {}).get("kaito-gitops.workspace") == f"default/{ok}"
         )
         arm.advance(pool)
-        d.run_pass()
+        r = d.run_pass()
         assert names(kube_api, "StatefulSet") == [ok]
         assert {r.key[1]: r.status.condition("ResourceReady").status for r in d.reports()}[ok] == "True"
-        # removing the workspace removes its workload, then its pool
+        # spend: the one pool that exists, at its list price; the one refused for quota costs nothing
+        assert spend(r.reports) == {"default": (1, 3.2)}
+        assert "| default | 1 | $3.20 | $2,336 |" in status_files(r.reports, r.revision)["STATUS.md"]
+        assert 'kaito_gitops_spend_dollars_per_hour{namespace="default"} 3.2' in metrics_text(d)
+        # removing the workspace removes its workload, then its pool: billed until the pool is gone
         git_remote.write({f"workspaces/{ok}.yaml": None}, "remove")
-        d.run_pass()
+        r = d.run_pass()
         assert not names(kube_api, "StatefulSet")
         assert arm.pool(pool)["properties"]["provisioningState"] == "Deleting"
+        assert spend(r.reports) == {"default": (1, 3.2)}
         arm.advance(pool)
         r = d.run_pass()
         assert arm.pool(pool) is None and ("default", ok) in r.removed
+        d.run_pass()
+        assert spend(d.last_pass.reports) == {}
+        assert "kaito_gitops_spend_dollars_per_hour{" not in metrics_text(d)
 
 
 def test_one_leader_at_a_time(kube_api):

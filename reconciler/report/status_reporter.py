@@ -31,7 +31,7 @@ class StatusReporter:
         self._thread.start()
 
     def on_pass(self, daemon, result) -> None:
-        reports = daemon.reports()
+        reports = result.reports
         seen = (daemon.revision, reports)
         if seen == self._last_seen and self.last_error == "":
             return  # the usual pass: nothing to report changed, so nothing to serialise

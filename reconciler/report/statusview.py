@@ -7,7 +7,7 @@ so an unchanged cluster produces byte-identical files and no commit.
 from __future__ import annotations
 
 from ..budgets import HOURS_PER_MONTH
-from ..daemon import WorkspaceReport
+from ..daemon import WorkspaceReport, spend
 from ..manifests import dump
 from ..status import WorkspaceStatus
 
@@ -89,17 +89,6 @@ def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: 
     return "\n".join(out) + "\n"
 
 
-def spend(reports: list[WorkspaceReport]) -> dict[str, tuple[int, float]]:
-    """namespace -> (GPUs, $/hour) of the nodes that exist now, at list price."""
-    out: dict[str, tuple[int, float]] = {}
-    for r in reports:
-        if r.price_per_hour is None or not r.billed:
-            continue
-        gpus, price = out.get(r.key[0], (0, 0.0))
-        out[r.key[0]] = (gpus + r.gpus, round(price + r.price_per_hour, 3))
-    return out
-
-
 def spend_lines(reports: list[WorkspaceReport]) -> list[str]:
     """STATUS.md's spend table: what runs now, per namespace and in total, and a month at this rate."""
     per_ns = spend(reports)
@@ -111,7 +100,7 @@ def spend_lines(reports: list[WorkspaceReport]) -> list[str]:
         "",
         "## Spend",
         "",
-        "Nodes that exist now, at list price (presets/gpus.yaml); a month is 730 hours.",
+        "Node pools kaito-gitops provisioned that exist now, at list price (presets/gpus.yaml); a month is 730 hours.",
         "",
         "| NAMESPACE | GPUS | $/HOUR | $/MONTH AT THIS RATE |",
         "| --- | --- | --- | --- |",
