@@ -41,18 +41,17 @@ def _load(
     paths: list[str],
     args,
     target: str | None = None,
-    base_rev: str | None = None,
+    base=None,
     relative_to: str | None = None,
 ):
+    """Validate the files under `paths`; `base` (a Revision, from _load_base) adds the rules
+    between revisions."""
     from .source.tree import disk_files
     from .validation import validate_sources
 
     for p in paths:
         if not os.path.exists(p):
             raise UsageError(f"{p}: no such file or directory")
-    base = None
-    if base_rev:
-        base = _load_base(paths, base_rev, args)
     files = list(disk_files(paths, args.max_file_bytes, relative_to))
     files += _settings_file(paths, files, args.max_file_bytes, relative_to)
     return validate_sources(
@@ -118,13 +117,13 @@ def _load_base(paths: list[str], rev: str, args):
 
 
 def cmd_validate(args) -> int:
-    rev = _load(args.paths, args, target=args.target, base_rev=args.base)
+    base = _load_base(args.paths, args.base, args) if args.base else None
+    rev = _load(args.paths, args, target=args.target, base=base)
     if rev.settings is not None:  # budgets need the plan: what each workspace costs
         from . import budgets
         from .planning import plan_revision
 
-        base = plan_revision(_load_base(args.paths, args.base, args)) if args.base else None
-        budgets.hold(rev, plan_revision(rev), base)
+        budgets.hold(rev, plan_revision(rev), plan_revision(base) if base else None)
     findings = rev.findings
     if args.quiet:
         findings = [f for f in findings if f.is_error]
