@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from .findings import Finding, Severity
 from .loading import Document
 from .planning import DesiredState, WorkspacePlan
-from .validation import SETTINGS_FILE, Revision, WorkspaceKey
+from .validation import Revision, WorkspaceKey
 
-__all__ = ["SETTINGS_FILE", "Budgets", "Cap", "check", "from_revision", "hold", "usage_lines"]
+__all__ = ["Budgets", "Cap", "check", "from_revision", "hold", "usage_lines"]
 HOURS_PER_MONTH = 730  # Azure's pricing calculator month
 
 
@@ -74,14 +74,15 @@ def from_revision(rev: Revision) -> Budgets | None:
 
 def hold(rev: Revision, state: DesiredState, before: DesiredState | None = None) -> list[Finding]:
     """Check the revision's budgets; a workspace that crosses one gets an error (so it is not
-    applied: the daemon keeps its last good version) and leaves `state`. Returns every finding."""
+    applied: the daemon keeps its last good version) and leaves `state`. Returns the findings at
+    the crossed caps, one per cap."""
     at_caps, at_workspaces = check(from_revision(rev), state, before)
     rev.file_findings.extend(at_caps)
     by_key = rev.by_key()
     for key, found in at_workspaces.items():
         rev.workspace_findings.setdefault(id(by_key[key]), []).extend(found)
         state.plans.pop(key, None)
-    return at_caps + [f for found in at_workspaces.values() for f in found]
+    return at_caps
 
 
 def _use(plan: WorkspacePlan | None) -> tuple[int, float]:

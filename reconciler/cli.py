@@ -85,7 +85,7 @@ def _load_base(paths: list[str], rev: str, args):
     import git
 
     from .source.tree import repo_root, revision_files
-    from .validation import SETTINGS_FILE, validate_sources
+    from .validation import validate_sources, with_settings
 
     root = repo_root(paths[0])
     if root is None:
@@ -99,8 +99,7 @@ def _load_base(paths: list[str], rev: str, args):
     for p in paths:
         rel = os.path.relpath(os.path.abspath(p), root)
         prefixes.append("" if rel == "." else rel.replace(os.sep, "/"))
-    if "" not in prefixes:
-        prefixes.append(SETTINGS_FILE)
+    prefixes = with_settings(prefixes)
     cwd_rel = os.path.relpath(root, os.getcwd())
     files = []
     for path, data in revision_files(repo, rev, prefixes, args.max_file_bytes):  # "": the whole repo

@@ -39,7 +39,7 @@ from .status import (
     failed_status,
 )
 from .targets.base import Target
-from .validation import SETTINGS_FILE, Revision, validate_sources
+from .validation import Revision, validate_sources, with_settings
 
 log = structlog.get_logger("kaito_gitops.daemon")
 
@@ -168,9 +168,7 @@ class Daemon:
     # -- loading ----------------------------------------------------------------------------
     def _load(self, rev: str) -> None:
         start = time.perf_counter()
-        prefixes = [p for p in self.settings.paths if p]
-        if prefixes:
-            prefixes.append(SETTINGS_FILE)  # budgets live at the repository root
+        prefixes = with_settings([p for p in self.settings.paths if p])
         files = self.source.files(rev, prefixes, self.settings.max_file_bytes)
         validated = validate_sources(
             files,
@@ -183,14 +181,10 @@ class Daemon:
         settings = replace(self.render, revision=rev[:12])
         state = plan_revision(validated, settings, byo=self._byo_skus, cache=self._plan_cache)
         # a workspace that would take a budget over it is held like an invalid one (last good version)
-        crossed = budgets.hold(validated, state, DesiredState(dict(self.desired)))
-        for f in crossed:
-            if f.path.endswith(SETTINGS_FILE):
-                log.warning(
-                    "budget crossed: holding the workspaces that cross it",
-                    revision=rev[:12],
-                    finding=f.text(),
-                )
+        for f in budgets.hold(validated, state, DesiredState(dict(self.desired))):
+            log.warning(
+                "budget crossed: holding the workspaces that cross it", revision=rev[:12], finding=f.text()
+            )
         present = {ws.key for ws in validated.workspaces if ws.name}
         desired = dict(state.plans)
         findings: dict[WorkspaceKey, list[Finding]] = {}

@@ -30,7 +30,7 @@ from ..planview import Checks
 from ..render.common import RenderSettings
 from ..source.git import GitSource, SourceError
 from ..source.webhook import PullRequestEvent
-from ..validation import SETTINGS_FILE, validate_sources
+from ..validation import validate_sources, with_settings
 from .review_comment import MARKER, Deployment, comment_body, status_description
 
 log = structlog.get_logger("kaito_gitops.review")
@@ -194,7 +194,7 @@ class GitHubReviewer:
         if head != head_sha:
             log.info("pull request head moved while fetching; reviewing what git has", pr=number)
         base = self.source.fetch_commit(f"refs/heads/{base_ref}")
-        paths = [*self.paths, SETTINGS_FILE] if self.paths else []
+        paths = with_settings(self.paths)
         base_rev = validate_sources(
             self.source.files(base, paths, self.max_file_bytes, remember=False),
             namespace=self.namespace,

@@ -63,6 +63,14 @@ class Revision:
 SETTINGS_FILE = ".kaito-gitops.yaml"
 
 
+def with_settings(prefixes: list[str]) -> list[str]:
+    """The paths to read a revision under: the watched folders and the repository's settings file
+    (budgets live at the root). No prefix, or "", already means the whole repository."""
+    if not prefixes or "" in prefixes:
+        return prefixes
+    return [*prefixes, SETTINGS_FILE]
+
+
 def _read_settings(rev: Revision, path: str, raw: bytes, max_file_bytes: int | None) -> None:
     """The repository's settings file: one YAML mapping checked against its schema."""
     loaded = load_text(path, raw) if max_file_bytes is None else load_text(path, raw, max_file_bytes)
@@ -204,4 +212,4 @@ def validate_sources(
     return rev
 
 
-__all__ = ["Revision", "WorkspaceKey", "validate_sources"]
+__all__ = ["SETTINGS_FILE", "Revision", "WorkspaceKey", "validate_sources", "with_settings"]
