@@ -145,8 +145,7 @@ def check(diff: PlanDiff, facts: AzureFacts) -> CapacityReport:
         report.unknown.append(f"quota unknown: {facts.quota_unknown}")
     if facts.offers is None and facts.offers_unknown:
         report.unknown.append(f"region capacity unknown: {facts.offers_unknown}")
-    needs: dict[str, tuple[int, list[WorkspaceKey], list[int]]] = {}
-    names: dict[str, str] = {}
+    grows: dict[str, list[tuple[str, WorkspaceKey, int]]] = {}  # family (lower) -> (name, who, vCPUs)
     for c in diff.changes:
         after = c.after
         if c.action in ("remove", "unchanged") or not _provisioned(after):
@@ -166,20 +165,18 @@ def check(diff: PlanDiff, facts: AzureFacts) -> CapacityReport:
         grow = after.nodes * per_node - have
         if grow <= 0:
             continue
-        total, keys, each = needs.get(family.lower(), (0, [], []))
-        needs[family.lower()] = (total + grow, [*keys, c.key], [*each, grow])
-        names[family.lower()] = family
-    for fam, (needed, keys, each) in sorted(needs.items()):
-        quota = (facts.quotas or {}).get(fam) if facts.quotas is not None else None
-        if facts.quotas is not None and quota is None:
-            quota = FamilyQuota(names[fam], 0, 0)  # no quota listed for the family: none granted
-        need = FamilyNeed(names[fam], needed, quota, tuple(keys), tuple(each))
+        grows.setdefault(family.lower(), []).append((family, c.key, grow))
+    for fam, items in sorted(grows.items()):
+        name, keys, each = items[0][0], tuple(k for _, k, _ in items), tuple(g for *_, g in items)
+        # a family the usages do not list has no quota granted in this location
+        quota = None if facts.quotas is None else facts.quotas.get(fam, FamilyQuota(name, 0, 0))
+        need = FamilyNeed(name, sum(each), quota, keys, each)
         report.families.append(need)
         if quota is not None and need.short:
             for k in keys:
                 report.problems.setdefault(k, []).append(
-                    f"this will fail with QuotaExceeded: the revision needs {needed} vCPUs of "
-                    f"{names[fam]} in {facts.location} and {quota.free} are free "
+                    f"this will fail with QuotaExceeded: the revision needs {need.needed} vCPUs of "
+                    f"{name} in {facts.location} and {quota.free} are free "
                     f"({quota.current} of {quota.limit} used); ask for {need.short} more "
                     "(Azure portal: Quotas > Compute) or choose another size"
                 )

@@ -204,10 +204,6 @@ def _retry_after(e: HttpResponseError) -> float:
     return 10.0
 
 
-def _vm_sizes(skus) -> list:
-    return [s for s in skus if (s.resource_type or "").lower() == "virtualmachines" and s.name]
-
-
 def _offer(sku, location: str) -> SkuOffer | None:
     if (sku.resource_type or "").lower() != "virtualmachines" or not sku.name:
         return None
@@ -238,7 +234,7 @@ def _offer(sku, location: str) -> SkuOffer | None:
 def _where_offered(skus) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
     """size -> [(location, usable zones)] where this subscription may create it."""
     out: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-    for sku in _vm_sizes(skus):
+    for sku in skus:
         for loc in sku.locations or []:
             offer = _offer(sku, loc)
             if offer is None or offer.restricted:
@@ -246,7 +242,7 @@ def _where_offered(skus) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
             usable = tuple(z for z in offer.zones if z not in offer.restricted_zones)
             if offer.zones and not usable:
                 continue
-            out.setdefault(sku.name.lower(), []).append((loc, usable))
+            out.setdefault(offer.name.lower(), []).append((loc, usable))
     for v in out.values():
         v.sort()
     return out
