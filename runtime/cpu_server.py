@@ -547,14 +547,20 @@ class Engine:
             and sampling.repetition_penalty == 1.0
         )
 
+    def resolved(self, sampling: Sampling) -> dict[str, Any]:
+        """temperature, top_p, top_k: the request's, else the model's generation_config (as SGLang)."""
+        d = self.sampling_defaults
+        return {
+            "temperature": d.get("temperature", 1.0)
+            if sampling.temperature is None
+            else sampling.temperature,
+            "top_p": d.get("top_p", 1.0) if sampling.top_p is None else sampling.top_p,
+            "top_k": int(d.get("top_k", 0)) if sampling.top_k is None else sampling.top_k,
+        }
+
     def batch_for(self, sampling: Sampling) -> Any:
         """Greedy requests decode in one batch, sampled ones in another (see runtime.cpu_batching)."""
-        t = (
-            self.sampling_defaults.get("temperature", 1.0)
-            if sampling.temperature is None
-            else sampling.temperature
-        )
-        if t <= 0:
+        if self.resolved(sampling)["temperature"] <= 0:
             return self.batcher
         with self._sampler_lock:
             if self._sampler is None:
@@ -595,14 +601,7 @@ class Engine:
         from runtime.cpu_batching import Busy
 
         detok = _Detokenizer(self.tokenizer, sampling.stop)
-        defaults = self.sampling_defaults
-        params = {
-            "temperature": defaults.get("temperature", 1.0)
-            if sampling.temperature is None
-            else sampling.temperature,
-            "top_p": defaults.get("top_p", 1.0) if sampling.top_p is None else sampling.top_p,
-            "top_k": int(defaults.get("top_k", 0)) if sampling.top_k is None else sampling.top_k,
-        }
+        params = self.resolved(sampling)
 
         def on_tokens(new: list[int]) -> bool:
             delta = detok.add(new)
@@ -680,17 +679,9 @@ class Engine:
         min_new = max_new if sampling.ignore_eos else min(sampling.min_tokens, max_new)
         if min_new:
             kwargs["min_new_tokens"] = min_new
-        defaults = self.sampling_defaults
-        temperature = (
-            defaults.get("temperature", 1.0) if sampling.temperature is None else sampling.temperature
-        )
-        if temperature > 0:
-            kwargs.update(
-                do_sample=True,
-                temperature=temperature,
-                top_p=defaults.get("top_p", 1.0) if sampling.top_p is None else sampling.top_p,
-                top_k=int(defaults.get("top_k", 0)) if sampling.top_k is None else sampling.top_k,
-            )
+        params = self.resolved(sampling)
+        if params["temperature"] > 0:
+            kwargs.update(do_sample=True, **params)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if sampling.repetition_penalty != 1.0:
