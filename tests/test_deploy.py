@@ -119,6 +119,7 @@ def test_the_layout_is_what_the_docs_describe():
 # schema validation
 # --------------------------------------------------------------------------------------------
 
+DURATION = {"type": "string", "pattern": r"^\d+(ms|s|m|h)$"}  # Prometheus durations: 30s, 5m
 # monitoring.coreos.com/v1 ServiceMonitor: the fields the operator requires (spec.selector,
 # spec.endpoints) and the ones this install relies on. kubernetes-validate has no CRD schemas.
 SERVICE_MONITOR_SCHEMA = {
@@ -156,8 +157,8 @@ SERVICE_MONITOR_SCHEMA = {
                         "properties": {
                             "port": {"type": "string"},
                             "path": {"type": "string", "pattern": "^/"},
-                            "interval": {"type": "string", "pattern": r"^\d+(ms|s|m|h)$"},
-                            "scrapeTimeout": {"type": "string", "pattern": r"^\d+(ms|s|m|h)$"},
+                            "interval": DURATION,
+                            "scrapeTimeout": DURATION,
                         },
                     },
                 },
@@ -195,7 +196,7 @@ PROMETHEUS_RULE_SCHEMA = {
                                     "properties": {
                                         "alert": {"type": "string"},
                                         "expr": {"type": "string"},
-                                        "for": {"type": "string", "pattern": r"^\d+(ms|s|m|h)$"},
+                                        "for": DURATION,
                                         "labels": {
                                             "type": "object",
                                             "additionalProperties": {"type": "string"},
