@@ -35,6 +35,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-file-bytes", type=int, default=MAX_FILE_BYTES, help="refuse YAML files larger than this"
     )
+    p.add_argument(
+        "--allow-kind",
+        action="append",
+        metavar="KIND",
+        help="check as the daemon run with --allow-kind KIND would (repeatable)",
+    )
+    p.add_argument(
+        "--managed-namespace",
+        action="append",
+        metavar="NS",
+        help="check as the daemon run with --managed-namespace NS would (repeatable)",
+    )
 
 
 def _load(
@@ -61,6 +73,15 @@ def _load(
         base=base,
         max_file_bytes=args.max_file_bytes,
         byo_nodes=args.byo_nodes,
+        policy=_policy(args),
+    )
+
+
+def _policy(args):
+    from .kinds import ObjectPolicy
+
+    return ObjectPolicy.from_flags(
+        getattr(args, "allow_kind", None) or [], getattr(args, "managed_namespace", None) or []
     )
 
 
@@ -106,7 +127,11 @@ def _load_base(paths: list[str], rev: str, args):
         display = os.path.normpath(os.path.join(cwd_rel, path)) if cwd_rel != "." else path
         files.append((display, data))
     return validate_sources(
-        files, namespace=args.namespace, max_file_bytes=args.max_file_bytes, byo_nodes=args.byo_nodes
+        files,
+        namespace=args.namespace,
+        max_file_bytes=args.max_file_bytes,
+        byo_nodes=args.byo_nodes,
+        policy=_policy(args),
     )
 
 

@@ -19,12 +19,13 @@ from datetime import UTC, datetime
 
 import structlog
 
-from . import budgets
+from . import budgets, kinds
 from .catalog import Sku, load_catalog, sku_from_gpu_labels
+from .companions import ObjectKey, key_text, references
 from .findings import Finding
 from .logs import error_text
 from .metrics import Metrics
-from .planning import DesiredState, WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
+from .planning import DesiredState, ObjectPlan, WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
 from .provisioners.base import Provisioner
 from .provisioners.none import byo_label_problem
 from .render.common import RenderSettings
@@ -37,6 +38,7 @@ from .status import (
     carry_times,
     derive,
     failed_status,
+    waiting_status,
 )
 from .targets.base import Target
 from .validation import Revision, validate_sources, with_settings
@@ -58,6 +60,7 @@ class DaemonSettings:
     allow_empty_prune: bool = False
     max_file_bytes: int = 1024 * 1024
     target_name: str = "kubernetes"
+    policy: kinds.ObjectPolicy = field(default_factory=kinds.ObjectPolicy)  # which other objects to apply
 
 
 @dataclass
@@ -91,6 +94,16 @@ def spend(reports: list[WorkspaceReport]) -> dict[str, tuple[int, float]]:
 
 
 @dataclass
+class ObjectReport:
+    """What status shows about one companion object."""
+
+    key: ObjectKey
+    path: str
+    health: str  # Bound, Available, Applied, ... ; "" until a target has applied it
+    error: str = ""
+
+
+@dataclass
 class PassResult:
     revision: str
     changed: bool  # the revision moved since the last pass
@@ -101,6 +114,9 @@ class PassResult:
     held: list[WorkspaceKey] = field(default_factory=list)  # not pruned on purpose
     seconds: float = 0.0
     reports: list[WorkspaceReport] = field(default_factory=list)  # status after the pass, built once
+    object_writes: int = 0  # of `writes`, those on companion objects
+    objects: list[ObjectReport] = field(default_factory=list)
+    objects_held: list[ObjectKey] = field(default_factory=list)  # not pruned: the prune guard
 
 
 def now_iso() -> str:
@@ -153,6 +169,13 @@ class Daemon:
         # deleted the file; "moved" -> the path it moved to, outside the watched folders
         self._deleted_in_git: dict[WorkspaceKey, str] = {}
         self._moved_out: dict[WorkspaceKey, str] = {}
+        # the companion objects: what to apply (invalid ones at their last good version), what to
+        # keep though not applied (invalid, never good), and how each one fared on the last pass
+        self.desired_objects: dict[ObjectKey, ObjectPlan] = {}
+        self.kept_objects: set[ObjectKey] = set()
+        self.object_errors: dict[ObjectKey, str] = {}  # from validation: the first error
+        self.object_status: dict[ObjectKey, tuple[str, str]] = {}  # (health, error) from the target
+        self._objects_gone_by_commit = False
         if hasattr(target, "on_change"):  # targets that know at once when a workload changes
             target.on_change = self.poke
 
@@ -177,6 +200,7 @@ class Daemon:
             max_file_bytes=self.settings.max_file_bytes,
             cache=self._validation_cache,
             byo_nodes=self.render.byo_nodes,
+            policy=self.settings.policy,
         )
         settings = replace(self.render, revision=rev[:12])
         state = plan_revision(validated, settings, byo=self._byo_skus, cache=self._plan_cache)
@@ -207,6 +231,8 @@ class Daemon:
                 self._backoff.pop(key, None)  # its removal starts afresh
                 self._leaving[key] = old  # shown as Deleting until its nodes are released too
         self._explain_removals(self.revision, rev, present)
+        self._load_objects(validated, state, rev)
+        self._log_invalid_files(validated, rev)
         self.validated, self.desired, self.present, self.findings, self.last_good = (
             validated,
             desired,
@@ -226,6 +252,51 @@ class Daemon:
             errors=sum(len(v) for v in findings.values()),
             seconds=round(time.perf_counter() - start, 3),
         )
+
+    def _load_objects(self, validated: Revision, state: DesiredState, rev: str) -> None:
+        """The companion objects of a revision; an invalid one keeps its last good version."""
+        desired = dict(state.objects)
+        kept: set[ObjectKey] = set()
+        for key in validated.invalid_objects:
+            if key in self.desired_objects:
+                desired[key] = self.desired_objects[key]
+            else:
+                kept.add(key)
+        for key, plan in self.desired_objects.items():  # a file that cannot be read now: hold its objects
+            if key not in validated.objects and plan.source.path in validated.unreadable_files:
+                desired[key] = plan
+        previous = self.desired_objects
+        vanished = {k: p.source.path for k, p in previous.items() if k not in validated.objects}
+        removals: dict[str, str] = {}
+        if vanished and self.revision:
+            try:
+                removals = self.source.removals(self.revision, rev)
+            except SourceError as e:
+                log.warning("cannot tell how objects left git", error=str(e))
+        # the prune guard's evidence: every object that left went because a commit deleted its file
+        self._objects_gone_by_commit = bool(vanished) and all(
+            removals.get(p) == "" for p in vanished.values()
+        )
+        self.desired_objects = dict(sorted(desired.items(), key=lambda kv: (kv[1].rank, kv[0])))
+        self.kept_objects = kept
+        self.object_errors = {k: fs[0].text() for k, fs in validated.object_findings.items() if fs}
+
+    def _log_invalid_files(self, validated: Revision, rev: str) -> None:
+        """Once per revision, each file with an error and its first error, so `kubectl logs` says
+        what is wrong (and where) without reading the status branch."""
+        first: dict[str, tuple[int, Finding]] = {}
+        for f in validated.findings:
+            if f.is_error:
+                n, head = first.get(f.path, (0, f))
+                first[f.path] = (n + 1, head)
+        for path, (n, f) in sorted(first.items()):
+            log.warning(
+                "invalid file",
+                revision=rev[:12],
+                file=path,
+                errors=n,
+                first_error=f"{f.path}:{f.line}:{f.col}: {(f.field + ': ') if f.field else ''}{f.message}",
+            )
 
     def _explain_removals(self, prev: str, rev: str, present: set[WorkspaceKey]) -> None:
         """Tell a deliberate removal (a commit deleted the file) from an accident (the file moved out
@@ -301,9 +372,10 @@ class Daemon:
         self.target.refresh()
         self.provisioner.refresh()
         self._size_byo()
+        result = PassResult(rev, changed)
+        self._reconcile_objects(result)  # before the workspaces: they may mount what these create
         live = self.target.live_workspaces()
         owned = self.provisioner.owned()
-        result = PassResult(rev, changed)
         keys = set(self.desired) | set(live) | owned | self._removing | set(self._leaving)
         unreadable = self.validated.unreadable_files if self.validated else set()
         removable = {k for k in keys - set(self.desired) - self.present if live.get(k, "") not in unreadable}
@@ -351,6 +423,7 @@ class Daemon:
         result.seconds = time.perf_counter() - start
         self.metrics.pass_seconds.observe(result.seconds)
         result.reports = self.reports()
+        result.objects = self.object_reports()
         self._count_states(result.reports)
         self.last_pass = result
         self.synced.set()
@@ -371,6 +444,63 @@ class Daemon:
             except Exception as e:  # a reporter must never stop reconciling
                 log.warning("pass callback failed", error=error_text(e))
         return result
+
+    def _reconcile_objects(self, result: PassResult) -> None:
+        """Apply the companion objects in kind order and prune ours that left git, under the same
+        guard as workspaces: a revision with nothing in it prunes only what commits deleted."""
+        empty = not self.present and not (self.validated and self.validated.objects)
+        prune = self.settings.allow_empty_prune or not empty or self._objects_gone_by_commit
+        res = self.target.apply_objects(self.desired_objects, self.kept_objects, prune)
+        if res.held:
+            result.objects_held = res.held
+            log.error(
+                "refusing to prune every object: the repository yields nothing but the cluster has objects "
+                "of ours, and no commit this daemon has seen deletes their files; pass --allow-empty-prune "
+                "if that is intended",
+                revision=self.revision[:12],
+                objects=len(res.held),
+            )
+        result.writes += res.writes
+        result.object_writes = res.writes
+        self.metrics.applies.inc(len(res.applied))
+        self.metrics.prunes.inc(len(res.deleted))
+        status = {k: (h, "") for k, h in res.health.items()}
+        for key, msg in res.errors.items():
+            status[key] = (status.get(key, ("", ""))[0], msg)
+            self.metrics.errors.inc()
+        self.object_status = status
+
+    def object_reports(self) -> list[ObjectReport]:
+        """Every companion object of the revision, valid or not, with its health or its error."""
+        objects = self.validated.objects if self.validated else {}
+        out = []
+        for key in sorted(set(objects) | set(self.desired_objects)):
+            obj = objects.get(key) or self.desired_objects[key].source
+            health, error = self.object_status.get(key, ("", ""))
+            if key in self.object_errors:
+                held = " (still applied at its last good version)" if key in self.desired_objects else ""
+                error = f"revision {self.revision[:12]} is invalid{held}: {self.object_errors[key]}"
+            out.append(ObjectReport(key, obj.path, health, error))
+        return out
+
+    def _waiting_for(self, plan: WorkspacePlan) -> str:
+        """'' when everything the workspace mounts exists; else what it waits for."""
+        refs = references(plan.workspace)
+        if not refs:
+            return ""
+        applied = {k for k in self.desired_objects if not self.object_status.get(k, ("", ""))[1]}
+        translated = self.validated.configmaps if self.validated else {}
+        needed = [
+            r
+            for r in refs
+            if r.key not in applied  # a ConfigMap in the repository becomes flags: the pod does not mount it
+            and not (r.field == ("inference", "config") and (r.namespace, r.name) in translated)
+        ]
+        absent = self.target.missing(needed)
+        names = list(dict.fromkeys(f"{key_text(r.key)} ({'.'.join(map(str, r.field))})" for r in absent))
+        if not names:
+            return ""
+        return f"waiting for {', '.join(names)}: not in the cluster yet"
 
     def _size_byo(self) -> None:
         """Bring-your-own nodes: plan with the GPUs their labels report, known only once the cluster is read."""
@@ -437,6 +567,13 @@ class Daemon:
                     self._removing.add(key)  # keep coming back until the nodes are gone too
                 return res.writes, gone and released
             plan = self.desired[key]
+            waiting = self._waiting_for(plan)
+            if waiting:  # no nodes, no pods until what it mounts exists (not a crash loop)
+                log.info("waiting", workspace=f"{key[0]}/{key[1]}", reason=waiting)
+                self.statuses[key] = carry_times(
+                    self.statuses.get(key), waiting_status(plan.kind, waiting), now_iso()
+                )
+                return 0, False
             nodes = self.target.nodes(plan)
             resource = self.provisioner.ensure(plan, nodes)
             writes = 0

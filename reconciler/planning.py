@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field, replace
 
 from .catalog import Catalog, Model, Sku, load_catalog
+from .companions import KubeObject, ObjectKey, desired_body
 from .configs import TRAINING_KEY, merge_training_config, server_config_for
 from .render import inference as render_inference
 from .render import tuning as render_tuning
@@ -60,9 +61,37 @@ class WorkspacePlan:
         }
 
 
+@dataclass(frozen=True)
+class ObjectPlan:
+    """One companion object as it will be applied."""
+
+    source: KubeObject
+    body: dict
+
+    @property
+    def key(self) -> ObjectKey:
+        return self.source.key
+
+    @property
+    def rank(self) -> int:
+        return self.source.rank
+
+    @property
+    def object_hash(self) -> str:
+        return self.body["metadata"]["annotations"][ANNOTATION_OBJECT_HASH]
+
+
+def plan_objects(rev: Revision) -> dict[ObjectKey, ObjectPlan]:
+    """Every valid companion object, in apply order (kind rank, then key)."""
+    valid = rev.valid_objects()
+    order = sorted(valid.values(), key=lambda o: (o.rank, o.key))
+    return {o.key: ObjectPlan(o, desired_body(o)) for o in order}
+
+
 @dataclass
 class DesiredState:
     plans: dict[WorkspaceKey, WorkspacePlan] = field(default_factory=dict)
+    objects: dict[ObjectKey, ObjectPlan] = field(default_factory=dict)  # the companions, in apply order
 
     @property
     def gpus(self) -> int:
@@ -208,7 +237,7 @@ def plan_revision(
     """
     catalog = catalog or load_catalog()
     settings = settings or RenderSettings()
-    state = DesiredState()
+    state = DesiredState(objects=plan_objects(rev))
     used: dict[str, WorkspacePlan] = {}
     for key, ws in sorted(rev.valid_workspaces().items()):
         byo_sku = (byo or {}).get(key)

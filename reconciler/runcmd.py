@@ -38,7 +38,15 @@ def build_target(cfg: RunConfig, api_client=None):
         return LocalTarget(cfg.local_state_dir)
     from .targets.kubernetes import KubernetesTarget
 
-    return KubernetesTarget(api_client or kube_client(cfg.kubeconfig, cfg.context))
+    return KubernetesTarget(
+        api_client or kube_client(cfg.kubeconfig, cfg.context), allowed_kinds=object_policy(cfg).allowed
+    )
+
+
+def object_policy(cfg: RunConfig):
+    from .kinds import ObjectPolicy
+
+    return ObjectPolicy.from_flags(cfg.allow_kind, cfg.managed_namespace)
 
 
 def build_provisioner(cfg: RunConfig):
@@ -73,6 +81,7 @@ def build_daemon(cfg: RunConfig, api_client=None):
         workers=cfg.workers,
         allow_empty_prune=cfg.allow_empty_prune,
         target_name=cfg.target,
+        policy=object_policy(cfg),
     )
     render = RenderSettings(
         inference_image=cfg.inference_image,

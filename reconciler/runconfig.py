@@ -69,6 +69,9 @@ class RunConfig:
     inference_image: str = DEFAULT_INFERENCE_IMAGE
     tuning_image: str = DEFAULT_TUNING_IMAGE
     image_pull_secret: list[str] = field(default_factory=list)
+    # the other objects in the watched folders (kinds.py): what may be applied, and where
+    allow_kind: list[str] = field(default_factory=list)
+    managed_namespace: list[str] = field(default_factory=list)
     # AKS node provisioning
     aks_subscription: str = ""
     aks_resource_group: str = ""
@@ -150,6 +153,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "inference_image": "image of inference pods",
         "tuning_image": "image of tuning Jobs",
         "image_pull_secret": "pull secret for the kaito-gitops images (repeatable)",
+        "allow_kind": "also apply this kind from the watched folders, e.g. Role or Namespace or "
+        "Certificate.cert-manager.io (repeatable; cluster-scoped kinds and RBAC need it)",
+        "managed_namespace": "namespaces the daemon may apply to (repeatable; default: all but kube-system, "
+        "kube-public and kube-node-lease)",
         "aks_subscription": "Azure subscription of the AKS cluster",
         "aks_resource_group": "resource group of the AKS cluster",
         "aks_cluster": "AKS cluster whose agent pools the daemon manages",

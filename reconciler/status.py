@@ -311,3 +311,17 @@ def failed_status(kind: str, message: str) -> WorkspaceStatus:
         ),
         last_error=message,
     )
+
+
+def waiting_status(kind: str, message: str) -> WorkspaceStatus:
+    """A workspace held back (no nodes, no pods) until an object it mounts exists."""
+    second = "InferenceReady" if kind == "inference" else "JobStarted"
+    return WorkspaceStatus(
+        "Pending",
+        (
+            Condition("ResourceReady", "False", "WaitingForObjects", _short(message)),
+            Condition(second, "False", "WaitingForObjects", _short(message)),
+            Condition("WorkspaceSucceeded", "False", "WaitingForObjects", _short(message)),
+        ),
+        last_error=message,
+    )

@@ -488,8 +488,10 @@ def test_your_own_nodes_need_only_the_label_selector_and_instance_type_is_a_hint
 ):
     """As `kaito-gitops run --provisioner none` sets it up (deploy/overlays/byo-nodes)."""
     phi = (ROOT / "example-repo" / "workspaces" / "inference-phi-3.yaml").read_text()
-    placeholder = phi.replace("name: phi-3-mini\n", "name: phi-3-any\n", 1).replace(
-        "Standard_NC24ads_A100_v4", "<your-vm-sku>"
+    placeholder = (
+        phi.replace("name: phi-3-mini\n", "name: phi-3-any\n", 1)
+        .replace("Standard_NC24ads_A100_v4", "<your-vm-sku>")
+        .replace("phi-3-serving", "phi-3-any-serving")  # each file's ConfigMap is its own object
     )
     git_remote.write({"workspaces/phi.yaml": phi, "workspaces/any.yaml": placeholder})
     kube_api.put_object(gpu_node("mine-1", {"apps": "phi-3-mini"}))  # the user's node: no kaito.sh labels

@@ -66,6 +66,7 @@ class GitHubReviewer:
         poll_interval: float = 300.0,
         target_url: str = "",
         max_file_bytes: int = 1 << 20,
+        policy=None,
     ):
         self.gh, self.owner, self.repo = gh, owner, repo
         self.source = source
@@ -76,6 +77,7 @@ class GitHubReviewer:
         self.poll_interval = poll_interval
         self.target_url = target_url
         self.max_file_bytes = max_file_bytes
+        self.policy = policy  # the daemon's kinds.ObjectPolicy: reviews check objects as it applies them
         self._reviewed: dict[int, str] = {}  # PR -> head sha reviewed
         self._comment_ids: dict[int, int] = {}
         self._last_body: dict[int, str] = {}
@@ -201,6 +203,7 @@ class GitHubReviewer:
             target="kubernetes",
             max_file_bytes=self.max_file_bytes,
             byo_nodes=self.render.byo_nodes,
+            policy=self.policy,
         )
         head_rev = validate_sources(
             self.source.files(head, paths, self.max_file_bytes, remember=False),
@@ -209,6 +212,7 @@ class GitHubReviewer:
             base=base_rev,
             max_file_bytes=self.max_file_bytes,
             byo_nodes=self.render.byo_nodes,
+            policy=self.policy,
         )
         settings = replace(self.render, revision=head[:12])
         before, after = plan_revision(base_rev, settings), plan_revision(head_rev, settings)
@@ -433,6 +437,7 @@ def build_reviewer(daemon, cfg) -> GitHubReviewer:
         render=daemon.render,
         bot_login=login,
         poll_interval=cfg.review_interval,
+        policy=getattr(daemon.settings, "policy", None),
     )
     if getattr(cfg, "provisioner", "") == "aks":
         from ..provisioners.azure_facts import AzureFactsReader, configured

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..planning import WorkspacePlan
+from ..companions import ObjectKey, Reference
+from ..planning import ObjectPlan, WorkspacePlan
 from ..status import NodeState, Observation
 
 WorkspaceKey = tuple[str, str]
@@ -16,6 +17,18 @@ class ApplyResult:
     writes: int = 0  # create/update/delete calls made
     applied: list[str] = field(default_factory=list)  # "Kind/name" written
     deleted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ObjectsResult:
+    """One pass over the companion objects."""
+
+    writes: int = 0
+    applied: list[str] = field(default_factory=list)  # "Kind ns/name (why)"
+    deleted: list[str] = field(default_factory=list)
+    errors: dict[ObjectKey, str] = field(default_factory=dict)  # not applied, and why
+    health: dict[ObjectKey, str] = field(default_factory=dict)  # Bound, Available, Applied, ...
+    held: list[ObjectKey] = field(default_factory=list)  # ours, gone from git, not pruned (prune=False)
 
 
 class Target(Protocol):
@@ -38,6 +51,15 @@ class Target(Protocol):
 
     def nodes(self, plan: WorkspacePlan) -> list[NodeState] | None:
         """Nodes the plan's pods may use (None when the target has no nodes, e.g. render)."""
+
+    def apply_objects(
+        self, desired: dict[ObjectKey, ObjectPlan], keep: set[ObjectKey], prune: bool
+    ) -> ObjectsResult:
+        """Apply the companion objects in order; delete ours that git no longer has (but `keep`),
+        when `prune`. One object's failure is reported in the result and stops nothing else."""
+
+    def missing(self, refs: list[Reference]) -> list[Reference]:
+        """What a workspace mounts that is not there yet (as of the last apply_objects)."""
 
     def close(self) -> None:
         """Stop what this target started (local processes); nothing for a cluster."""

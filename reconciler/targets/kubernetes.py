@@ -18,7 +18,9 @@ import structlog
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..planning import WorkspacePlan
+from .. import kinds
+from ..companions import LABEL_COMPANION, ObjectKey, Reference
+from ..planning import ObjectPlan, WorkspacePlan
 from ..render.common import (
     ANNOTATION_OBJECT_HASH,
     ANNOTATION_SOURCE,
@@ -28,10 +30,11 @@ from ..render.common import (
     LABEL_WORKSPACE_NS,
     MANAGED_BY,
     REPLACE_ON_CHANGE,
-    VOLATILE_ANNOTATIONS,
 )
 from ..status import JobState, NodeState, Observation, PodState, Progress
-from .base import ApplyResult, WorkspaceKey
+from .base import ApplyResult, ObjectsResult, WorkspaceKey
+from .drift import strip_for_compare, subset_differs
+from .kube_objects import ObjectApplier
 
 log = structlog.get_logger("kaito_gitops.kubernetes")
 
@@ -70,43 +73,6 @@ def _json(resp) -> Any:
     return _loads(data) if data else {}
 
 
-def subset_differs(desired: Any, live: Any, path: str = "") -> str | None:
-    """Where `live` does not contain `desired` (None when it does).
-
-    The API server adds defaults and status, so a live object is a superset of what we
-    applied; only values we set, and that are now different or gone, count as drift.
-    """
-    if isinstance(desired, dict):
-        if not isinstance(live, dict):
-            return path or "."
-        for k, v in desired.items():
-            if path == ".metadata.annotations" and k in VOLATILE_ANNOTATIONS:
-                continue
-            if k not in live:
-                return f"{path}.{k}"
-            d = subset_differs(v, live[k], f"{path}.{k}")
-            if d:
-                return d
-        return None
-    if isinstance(desired, list):
-        if not isinstance(live, list) or len(live) != len(desired):
-            return path
-        for i, (a, b) in enumerate(zip(desired, live, strict=True)):
-            d = subset_differs(a, b, f"{path}[{i}]")
-            if d:
-                return d
-        return None
-    if desired == live or str(desired) == str(live):  # quantities come back as strings
-        return None
-    return path
-
-
-def _strip_for_compare(obj: dict) -> dict:
-    md = obj.get("metadata", {})
-    keep = {k: md[k] for k in ("name", "namespace", "labels", "annotations") if k in md}
-    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": keep}
-
-
 class KubernetesTarget:
     name = "kubernetes"
 
@@ -116,9 +82,11 @@ class KubernetesTarget:
         *,
         log_tail_lines: int = 200,
         timeout: tuple[float, float] = TIMEOUT,
+        allowed_kinds: frozenset[str] = kinds.DEFAULT_ALLOWED,
     ):
         self.api_client = api_client
         self.timeout = timeout
+        self.companions = ObjectApplier(api_client, timeout, allowed_kinds)
         self._apis: dict[type, Any] = {}
         self._lock = threading.Lock()
         # live objects by workspace: (ns, workspace) -> {(kind, name): object}
@@ -161,6 +129,8 @@ class KubernetesTarget:
             for item in data.get("items", []):
                 md = item["metadata"]
                 labels = md.get("labels") or {}
+                if LABEL_WORKSPACE not in labels or LABEL_COMPANION in labels:
+                    continue  # a companion object (kube_objects.py), not a workspace's
                 ws_ns = labels.get(LABEL_WORKSPACE_NS, md.get("namespace", ""))
                 md.pop("managedFields", None)  # large and unused: we always apply with force
                 item["kind"] = kind  # list items come without kind/apiVersion
@@ -220,7 +190,7 @@ class KubernetesTarget:
         rv = live["metadata"].get("resourceVersion")
         if rv and self._verified.get(ident) == rv + want:
             return None  # nobody wrote it since we last found it in sync
-        drift = subset_differs(_strip_for_compare(desired), live)
+        drift = subset_differs(strip_for_compare(desired), live)
         if drift:
             return f"drifted at {drift}"
         self._verified[ident] = (rv or "") + want
@@ -316,6 +286,15 @@ class KubernetesTarget:
             log.info("pruned", workspace=f"{key[0]}/{key[1]}", object=f"{kind}/{name}")
             self._store(key, (kind, name), None)
         return True, result
+
+    # -- companion objects ------------------------------------------------------------------
+    def apply_objects(
+        self, desired: dict[ObjectKey, ObjectPlan], keep: set[ObjectKey], prune: bool
+    ) -> ObjectsResult:
+        return self.companions.apply(desired, keep, prune)
+
+    def missing(self, refs: list[Reference]) -> list[Reference]:
+        return self.companions.missing(refs)
 
     # -- observation ----------------------------------------------------------------------
     def nodes(self, plan: WorkspacePlan) -> list[NodeState]:

@@ -6,6 +6,11 @@ are there) on a free 127.0.0.1 port, restarted with backoff if it dies; tuning r
 live under the state folder, or in `hostPath` folders the workspace names. Processes run in
 their own process groups and are stopped with the workspace or the daemon: nothing is left
 behind.
+
+The other objects of the repository have local stand-ins where one makes sense: a
+PersistentVolumeClaim is a folder (STATE/_volumes/<ns>/<name>, what a workspace mounting the
+claim reads and writes), a ConfigMap is a folder of one file per key (STATE/_configmaps/<ns>/
+<name>/). Other kinds are reported as not applicable locally.
 """
 
 from __future__ import annotations
@@ -28,11 +33,16 @@ from pathlib import Path
 import structlog
 
 from ..catalog import GIB
+from ..companions import ObjectKey, Reference
 from ..configs import TRAINING_KEY
-from ..planning import WorkspacePlan
+from ..planning import ObjectPlan, WorkspacePlan
 from ..progress_format import progress_from_dict
 from ..status import JobState, NodeState, Observation
-from .base import ApplyResult, WorkspaceKey
+from .base import ApplyResult, ObjectsResult, WorkspaceKey
+
+VOLUMES = "_volumes"  # `_` cannot start a namespace, so these never meet a workspace's folder
+CONFIGMAPS = "_configmaps"
+LOCAL_KINDS = {"PersistentVolumeClaim": VOLUMES, "ConfigMap": CONFIGMAPS}
 
 log = structlog.get_logger("kaito_gitops.local")
 
@@ -264,6 +274,68 @@ class LocalTarget:
         for w in workloads:
             self._stop(w)
 
+    # -- companion objects ------------------------------------------------------------------
+    def _object_folder(self, key: ObjectKey) -> Path:
+        return self.state_dir / LOCAL_KINDS[key[0]] / key[1] / key[2]
+
+    def volume_path(self, volume_source: dict | None, namespace: str) -> Path | None:
+        """Where a volume a workspace mounts lives here: a hostPath as is, a claim as its folder."""
+        if not volume_source:
+            return None
+        if "hostPath" in volume_source:
+            return Path(volume_source["hostPath"]["path"]).resolve()
+        claim = (volume_source.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim:
+            return self._object_folder(("PersistentVolumeClaim", namespace, claim))
+        return None
+
+    def apply_objects(
+        self, desired: dict[ObjectKey, ObjectPlan], keep: set[ObjectKey], prune: bool
+    ) -> ObjectsResult:
+        result = ObjectsResult()
+        for key, plan in desired.items():
+            if key[0] not in LOCAL_KINDS:
+                result.health[key] = "not applicable locally"
+                continue
+            folder = self._object_folder(key)
+            if key[0] == "PersistentVolumeClaim":
+                if not folder.is_dir():
+                    folder.mkdir(parents=True)
+                    result.writes += 1
+                    result.applied.append(f"{key[0]} {key[1]}/{key[2]} -> {folder}")
+                result.health[key] = "Bound"
+                continue
+            data = {k: str(v) for k, v in (plan.body.get("data") or {}).items()}
+            have = {f.name: f.read_text() for f in folder.glob("*") if f.is_file()} if folder.is_dir() else {}
+            if have != data:
+                folder.mkdir(parents=True, exist_ok=True)
+                for name in set(have) - set(data):
+                    (folder / name).unlink()
+                for name, text in data.items():
+                    (folder / name).write_text(text)
+                result.writes += 1
+                result.applied.append(f"{key[0]} {key[1]}/{key[2]} -> {folder}")
+            result.health[key] = "Applied"
+        live = {
+            (kind, f.parent.name, f.name)
+            for kind, sub in LOCAL_KINDS.items()
+            for f in (self.state_dir / sub).glob("*/*")
+            if f.is_dir()
+        }
+        gone = sorted(live - set(desired) - keep)
+        if gone and not prune:
+            result.held = gone
+            return result
+        for key in gone:  # a claim's data goes with it, as a PVC's does with the Delete reclaim policy
+            shutil.rmtree(self._object_folder(key), ignore_errors=True)
+            result.writes += 1
+            result.deleted.append(f"{key[0]} {key[1]}/{key[2]}")
+        return result
+
+    def missing(self, refs: list[Reference]) -> list[Reference]:
+        """Claims and ConfigMaps without their folder; Secrets have no local stand-in to look for."""
+        return [r for r in refs if r.kind in LOCAL_KINDS and not self._object_folder(r.key).is_dir()]
+
     # -- building commands ----------------------------------------------------------------
     def _refuse(self, plan: WorkspacePlan) -> str:
         """A model this machine cannot hold is refused with the numbers, before downloading anything."""
@@ -309,9 +381,9 @@ class LocalTarget:
                 continue
             if a.source.image:
                 steps.append(self._pull(a.source.image, adapters / a.source.name, "adapter"))
-            elif a.source.volume_source and "hostPath" in a.source.volume_source:
+            elif self.volume_path(a.source.volume_source, plan.workspace.namespace) is not None:
                 (adapters / a.source.name).symlink_to(
-                    Path(a.source.volume_source["hostPath"]["path"]).resolve()
+                    self.volume_path(a.source.volume_source, plan.workspace.namespace)
                 )
         return steps
 
@@ -352,15 +424,16 @@ class LocalTarget:
         assert t is not None
         steps: list[list[str]] = []
         data = folder / "data"
-        if t.input and t.input.volume_source and "hostPath" in t.input.volume_source:
-            data = Path(t.input.volume_source["hostPath"]["path"]).resolve()
+        ns = plan.workspace.namespace
+        if t.input and self.volume_path(t.input.volume_source, ns) is not None:
+            data = self.volume_path(t.input.volume_source, ns)
         elif t.input and t.input.urls:
             steps.append([self.python, "-m", "runtime.data", "fetch", "--dest", str(data), *t.input.urls])
         elif t.input and t.input.image:
             steps.append(self._pull(t.input.image, data, "any"))
         output = folder / "output"
-        if t.output and t.output.volume_source and "hostPath" in t.output.volume_source:
-            output = Path(t.output.volume_source["hostPath"]["path"]).resolve()
+        if t.output and self.volume_path(t.output.volume_source, ns) is not None:
+            output = self.volume_path(t.output.volume_source, ns)
         output.mkdir(parents=True, exist_ok=True)
         cm = next(o for o in plan.objects if o["kind"] == "ConfigMap")
         config = folder / "training_config.yaml"

@@ -2,7 +2,10 @@
 
 Writes one file per object under OUT/<namespace>/<workspace>/ and deletes the folders of
 workspaces that are gone, so kaito-gitops can hydrate manifests into another repository or
-a folder a second tool watches. Files are replaced atomically (temp file + rename).
+a folder a second tool watches. The other objects of the watched folders (PVCs, ConfigMaps, ...)
+go to OUT/<namespace>/_objects/ (cluster-scoped ones to OUT/_cluster/_objects/); `_` cannot
+start a Kubernetes name, so these folders never meet a workspace's. Files are replaced
+atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import os
 import shutil
 from pathlib import Path
 
+from ..companions import ObjectKey, Reference
 from ..loading import load_text
 from ..manifests import dump, file_name
-from ..planning import WorkspacePlan
+from ..planning import ObjectPlan, WorkspacePlan
 from ..render.common import ANNOTATION_SOURCE
 from ..status import NodeState, Observation
-from .base import ApplyResult, WorkspaceKey
+from .base import ApplyResult, ObjectsResult, WorkspaceKey
+
+OBJECTS = "_objects"
+CLUSTER = "_cluster"
 
 
 class RenderTarget:
@@ -40,6 +47,8 @@ class RenderTarget:
     def refresh(self) -> None:
         live: dict[WorkspaceKey, dict[str, str]] = {}
         for folder in sorted(p for p in self.out.glob("*/*") if p.is_dir()):
+            if folder.name == OBJECTS:
+                continue
             key = (folder.parent.name, folder.name)
             live[key] = {f.name: f.read_text() for f in sorted(folder.glob("*.yaml"))}
         self._live = live
@@ -95,6 +104,41 @@ class RenderTarget:
 
     def nodes(self, plan: WorkspacePlan) -> list[NodeState] | None:
         return None
+
+    def _object_file(self, key: ObjectKey) -> Path:
+        """OUT/<namespace>/_objects/<kind>[.<group>]-<name>.yaml: the group keeps two kinds apart."""
+        return self.out / (key[1] or CLUSTER) / OBJECTS / f"{key[0].lower()}-{key[2]}.yaml"
+
+    def apply_objects(
+        self, desired: dict[ObjectKey, ObjectPlan], keep: set[ObjectKey], prune: bool
+    ) -> ObjectsResult:
+        result = ObjectsResult()
+        want = {self._object_file(k): (k, dump(p.body)) for k, p in desired.items()}
+        for path, (key, text) in want.items():
+            result.health[key] = "Rendered"
+            if path.exists() and path.read_text() == text:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, path)
+            result.writes += 1
+            result.applied.append(str(path.relative_to(self.out)))
+        kept = {self._object_file(k) for k in keep}
+        gone = [p for p in sorted(self.out.glob(f"*/{OBJECTS}/*.yaml")) if p not in want and p not in kept]
+        if gone and not prune:
+            return result
+        for path in gone:
+            path.unlink(missing_ok=True)
+            result.writes += 1
+            result.deleted.append(str(path.relative_to(self.out)))
+            with contextlib.suppress(OSError):  # the folder goes with its last file
+                path.parent.rmdir()
+                path.parent.parent.rmdir()
+        return result
+
+    def missing(self, refs: list[Reference]) -> list[Reference]:
+        return []  # nothing runs here: the cluster that applies these files has the last word
 
     def close(self) -> None:
         return None

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .. import kinds
 from ..catalog import Catalog, load_catalog
+from ..companions import KubeObject, ObjectKey
 from ..findings import Finding, Severity
 from ..loading import Document, load_text
 from ..workspace import ConfigMap, Workspace
+from . import objects as object_rules
 from .changes import check_changes
 from .rules import Context, check_workspace
 from .schema import check_schema, schema_findings, settings_validator
@@ -31,6 +34,10 @@ class Revision:
     files: list[str] = field(default_factory=list)
     unreadable_files: set[str] = field(default_factory=set)  # YAML so broken nothing could be read
     settings: Document | None = None  # .kaito-gitops.yaml, when read and valid (budgets.read_budgets)
+    # every other Kubernetes object in the files (the first of a duplicated key), valid or not
+    objects: dict[ObjectKey, KubeObject] = field(default_factory=dict)
+    invalid_objects: set[ObjectKey] = field(default_factory=set)  # not applied: an error names why
+    object_findings: dict[ObjectKey, list[Finding]] = field(default_factory=dict)  # the errors, by object
 
     def findings_of(self, ws: Workspace) -> list[Finding]:
         return self.workspace_findings.get(id(ws), [])
@@ -58,6 +65,14 @@ class Revision:
 
     def valid_workspaces(self) -> dict[WorkspaceKey, Workspace]:
         return {k: ws for k, ws in self.by_key().items() if self.is_valid(ws)}
+
+    def valid_objects(self) -> dict[ObjectKey, KubeObject]:
+        return {k: o for k, o in self.objects.items() if k not in self.invalid_objects}
+
+    @property
+    def kubernetes_version(self) -> str:
+        v = self.settings.data.get("kubernetesVersion") if self.settings is not None else None
+        return str(v).removeprefix("v") if v else object_rules.DEFAULT_KUBERNETES_VERSION
 
 
 SETTINGS_FILE = ".kaito-gitops.yaml"
@@ -95,26 +110,54 @@ def _read_settings(rev: Revision, path: str, raw: bytes, max_file_bytes: int | N
         rev.settings = doc
 
 
-def _other_document(doc: Document) -> Finding | None:
-    what = f"{doc.api_version or '?'} {doc.kind or '?'}"
-    if doc.kind == "Secret":
-        return doc.finding(
-            ("kind",),
-            "document-ignored",
-            "Secrets do not belong in git and kaito-gitops never applies them; create this Secret in "
-            "the cluster (kubectl, or an external secret store) and remove it from the repository",
-            Severity.WARNING,
-        )
-    if not doc.kind or not doc.api_version:
+def _ignored(doc: Document) -> Finding | None:
+    """A document that is not an object we apply: said once, as a warning, and left alone."""
+    if not doc.kind and not doc.api_version and not ({"metadata", "spec", "data"} & set(doc.data)):
         return doc.finding(
             (), "document-ignored", "not a Kubernetes object (no apiVersion/kind); ignored", Severity.WARNING
         )
-    return doc.finding(
-        ("kind",),
-        "document-ignored",
-        f"kaito-gitops manages Workspaces (and the ConfigMaps they name); this {what} is ignored",
-        Severity.WARNING,
-    )
+    if kinds.group_of(doc.api_version) == kinds.KAITO_GROUP and doc.kind != "Workspace":
+        return doc.finding(
+            ("kind",),
+            "document-ignored",
+            f"kaito-gitops plans Workspaces; this {doc.api_version} {doc.kind} is ignored",
+            Severity.WARNING,
+        )
+    return None
+
+
+def _check_objects(rev: Revision, docs: list[Document], policy: kinds.ObjectPolicy, namespace: str) -> None:
+    """Read and check the companion objects; an object with an error is left out of `valid_objects`."""
+    readable: list[tuple[Document, KubeObject]] = []
+    for doc in docs:
+        problem = object_rules.identity_problem(doc)
+        if problem is not None:
+            rev.file_findings.append(problem)
+            continue
+        readable.append((doc, KubeObject.read(doc, namespace)))
+    crds = object_rules.crd_kinds([o for _, o in readable])
+    owners = {k: ws for ws in rev.workspaces if ws.name for k in object_rules.workspace_object_keys(ws)}
+    version = rev.kubernetes_version
+    for doc, obj in readable:
+        if obj.info is None and obj.kind_name in crds:
+            obj = KubeObject.read(doc, namespace, namespaced=crds[obj.kind_name])
+        findings = object_rules.check_object(obj, policy, crds)
+        if not findings:
+            findings = object_rules.check_schema(obj, version)
+        other = object_rules.conflict(obj, owners)
+        if other is not None:
+            findings.append(other)
+        first = rev.objects.setdefault(obj.key, obj)
+        if first is not obj:
+            findings.append(object_rules.duplicate(obj, first))
+            twin = object_rules.duplicate(first, obj)
+            rev.file_findings.append(twin)
+            rev.object_findings.setdefault(obj.key, []).append(twin)
+        rev.file_findings.extend(findings)
+        errors = [f for f in findings if f.is_error]
+        if errors:
+            rev.invalid_objects.add(obj.key)
+            rev.object_findings.setdefault(obj.key, []).extend(errors)
 
 
 def validate_sources(
@@ -127,6 +170,7 @@ def validate_sources(
     max_file_bytes: int | None = None,
     cache: dict | None = None,
     byo_nodes: bool = False,
+    policy: kinds.ObjectPolicy | None = None,
 ) -> Revision:
     """Load and validate files given as (display path, bytes).
 
@@ -138,6 +182,7 @@ def validate_sources(
     catalog = catalog or load_catalog()
     rev = Revision()
     ws_docs: list[Workspace] = []
+    object_docs: list[Document] = []
     used: dict = {}
     for path, raw in files:
         rev.files.append(path)
@@ -181,8 +226,13 @@ def validate_sources(
                 cm = ConfigMap.read(doc, namespace)
                 if cm.name:
                     rev.configmaps[cm.key] = cm
+                object_docs.append(doc)
             else:
-                rev.file_findings.append(_other_document(doc))
+                ignored = _ignored(doc)
+                if ignored is not None:
+                    rev.file_findings.append(ignored)
+                else:
+                    object_docs.append(doc)
     if cache is not None:  # forget files that are gone or changed
         cache.clear()
         cache.update(used)
@@ -204,6 +254,9 @@ def validate_sources(
                             "live in one file",
                         )
                     )
+    _check_objects(rev, object_docs, policy or kinds.ObjectPolicy(), namespace)
+    for ws in rev.workspaces:
+        rev.workspace_findings[id(ws)].extend(object_rules.missing_references(ws, rev.objects))
     if base is not None:
         old = base.by_key()
         for ws in rev.workspaces:

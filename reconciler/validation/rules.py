@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from runtime.urlpolicy import URLRefused, check_url
 
 from ..catalog import Catalog, Model, Sku
+from ..companions import at_path, reference_paths
 from ..configs import (
     INFERENCE_KEY,
     TRAINING_KEY,
@@ -422,68 +423,14 @@ def check_tuning_config(ws: Workspace, ctx: Context) -> Iterator[Finding]:
 # names of the Secrets, ConfigMaps and PVCs a workspace refers to
 # --------------------------------------------------------------------------------------
 
-# Where a volumeSource names another object: (path inside the volumeSource, kind).
-_VOLUME_REFS = (
-    (("persistentVolumeClaim", "claimName"), "PersistentVolumeClaim"),
-    (("secret", "secretName"), "Secret"),
-    (("configMap", "name"), "ConfigMap"),
-)
-
-
-def _at(data, path: Path):
-    for p in path:
-        if isinstance(p, int):
-            if not isinstance(data, list) or p >= len(data):
-                return None
-        elif not isinstance(data, dict) or p not in data:
-            return None
-        data = data[p]
-    return data
-
-
-def _volume_refs(source, at: Path) -> Iterator[tuple[Path, str]]:
-    if not isinstance(source, dict):
-        return
-    for inner, kind in _VOLUME_REFS:
-        yield (*at, *inner), kind
-    sources = _at(source, ("projected", "sources"))
-    for i in range(len(sources) if isinstance(sources, list) else 0):
-        for key, kind in (("secret", "Secret"), ("configMap", "ConfigMap")):
-            yield (*at, "projected", "sources", i, key, "name"), kind
-
-
-def _reference_paths(data: dict) -> Iterator[tuple[Path, str]]:
-    """Every place a workspace names a Secret, ConfigMap or PVC, with that object's kind."""
-    for section in ("inference", "tuning"):
-        opts = (section, "preset", "presetOptions")
-        pulls = _at(data, (*opts, "imagePullSecrets"))
-        for i in range(len(pulls) if isinstance(pulls, list) else 0):
-            yield (*opts, "imagePullSecrets", i), "Secret"
-        yield (*opts, "modelAccessSecret"), "Secret"
-        yield (section, "config"), "ConfigMap"
-    adapters = _at(data, ("inference", "adapters"))
-    for i in range(len(adapters) if isinstance(adapters, list) else 0):
-        src = ("inference", "adapters", i, "source")
-        pulls = _at(data, (*src, "imagePullSecrets"))
-        for j in range(len(pulls) if isinstance(pulls, list) else 0):
-            yield (*src, "imagePullSecrets", j), "Secret"
-        yield from _volume_refs(_at(data, (*src, "volumeSource")), (*src, "volumeSource"))
-    pulls = _at(data, ("tuning", "input", "imagePullSecrets"))
-    for i in range(len(pulls) if isinstance(pulls, list) else 0):
-        yield ("tuning", "input", "imagePullSecrets", i), "Secret"
-    yield ("tuning", "output", "imagePushSecret"), "Secret"
-    for part in ("input", "output"):
-        at = ("tuning", part, "volumeSource")
-        yield from _volume_refs(_at(data, at), at)
-
 
 def _usable_name(value: str) -> bool:
     return dns1123_subdomain_problem(value) is None and not looks_like_placeholder(value)
 
 
 def check_references(ws: Workspace, ctx: Context) -> Iterator[Finding]:
-    for path, kind in _reference_paths(ws.document.data):
-        value = _at(ws.document.data, path)
+    for path, kind in reference_paths(ws.document.data):
+        value = at_path(ws.document.data, path)
         if not isinstance(value, str) or _usable_name(value):
             continue  # absent or the wrong type (the schema says so), or fine
         shown = value if len(value) <= 80 else value[:77] + "..."
