@@ -127,8 +127,11 @@ def cmd_render(args) -> int:
     gone = sorted(set(target.live_workspaces()) - set(state.plans) - present)
     for key in gone:
         written += target.remove(key)[1].writes
+    # the other objects: invalid ones keep their last output, as workspaces do
+    written += target.apply_objects(state.objects, rev.invalid_objects, prune=True).writes
     print(
-        f"{written} file(s) written or removed for {len(state.plans)} workspace(s) under {args.out}"
+        f"{written} file(s) written or removed for {len(state.plans)} workspace(s) and "
+        f"{len(state.objects)} other object(s) under {args.out}"
         + (f"; removed {', '.join('/'.join(k) for k in gone)}" if gone else ""),
         file=sys.stderr,
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .planning import DesiredState, WorkspacePlan
-from .render.common import REPLACE_ON_CHANGE
+from .companions import ObjectKey
+from .objectdiff import unified
+from .planning import DesiredState, ObjectPlan, WorkspacePlan
+from .render.common import ANNOTATION_OBJECT_HASH, ANNOTATION_SOURCE, REPLACE_ON_CHANGE
 from .validation.changes import replacement_reasons
 
 # Kinds whose pod template cannot change in place.
@@ -39,11 +41,25 @@ class WorkspaceChange:
         return round(a - b, 3)
 
 
+@dataclass(frozen=True)
+class CompanionChange:
+    """One of the other objects in the watched folders: what merging does to it."""
+
+    key: ObjectKey
+    action: str  # create | update | delete | unchanged
+    path: str  # the file it is (or was) in
+    diff: str = ""  # for updates: a unified diff of the fields written in git
+
+
 @dataclass
 class PlanDiff:
     changes: list[WorkspaceChange]
     before: DesiredState
     after: DesiredState
+    objects: list[CompanionChange] = field(default_factory=list)
+
+    def object_count(self, action: str) -> int:
+        return sum(1 for c in self.objects if c.action == action)
 
     def count(self, action: str) -> int:
         return sum(1 for c in self.changes if c.action == action)
@@ -119,4 +135,36 @@ def diff_states(before: DesiredState | None, after: DesiredState) -> PlanDiff:
         else:
             action = "unchanged"
         changes.append(WorkspaceChange(key, action, b, a, objs, pool, reasons))
-    return PlanDiff(changes, before, after)
+    return PlanDiff(changes, before, after, diff_objects(before.objects, after.objects))
+
+
+def _as_written(body: dict) -> dict:
+    """An object without the annotations we add (they change with every edit, or with nothing)."""
+    md = dict(body.get("metadata") or {})
+    ours = (ANNOTATION_OBJECT_HASH, ANNOTATION_SOURCE)
+    ann = {k: v for k, v in (md.get("annotations") or {}).items() if k not in ours}
+    if ann:
+        md["annotations"] = ann
+    else:
+        md.pop("annotations", None)
+    return {**body, "metadata": md}
+
+
+def diff_objects(
+    before: dict[ObjectKey, ObjectPlan], after: dict[ObjectKey, ObjectPlan]
+) -> list[CompanionChange]:
+    out = []
+    for key in sorted(set(before) | set(after)):
+        b, a = before.get(key), after.get(key)
+        if b is None:
+            out.append(CompanionChange(key, "create", a.source.path))
+        elif a is None:
+            out.append(CompanionChange(key, "delete", b.source.path))
+        elif a.object_hash == b.object_hash:
+            out.append(CompanionChange(key, "unchanged", a.source.path))
+        else:
+            name = "/".join(x for x in key if x)
+            text = unified(_as_written(b.body), _as_written(a.body), name)
+            text = text.replace(f"live/{name}", f"base/{name}").replace(f"desired/{name}", f"head/{name}")
+            out.append(CompanionChange(key, "update", a.source.path, text))
+    return out

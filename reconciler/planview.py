@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from .capacity import CapacityReport
 from .capacity import text_lines as capacity_lines
-from .plandiff import PlanDiff, WorkspaceChange
+from .companions import key_text
+from .plandiff import CompanionChange, PlanDiff, WorkspaceChange
 from .planning import WorkspacePlan
 
 SIGN = {"add": "+", "change": "~", "replace": "-/+", "remove": "-", "unchanged": "="}
@@ -139,12 +140,30 @@ def _workspace_lines(c: WorkspaceChange) -> list[str]:
     return lines
 
 
+def objects_line(diff: PlanDiff) -> str:
+    return (
+        f"{diff.object_count('create')} to create, {diff.object_count('update')} to change, "
+        f"{diff.object_count('delete')} to delete"
+    )
+
+
+def _changed_objects(diff: PlanDiff, show_unchanged: bool = False) -> list[CompanionChange]:
+    return [c for c in diff.objects if show_unchanged or c.action != "unchanged"]
+
+
 def text(diff: PlanDiff, show_unchanged: bool = False, checks: Checks | None = None) -> str:
     out = [f"Plan: {summary_line(diff)}", ""]
     for c in diff.changes:
         if c.action == "unchanged" and not show_unchanged:
             continue
         out += _workspace_lines(c)
+        out.append("")
+    changed = _changed_objects(diff, show_unchanged)
+    if changed:
+        out += [f"Other objects: {objects_line(diff)}"]
+        for c in changed:
+            out.append(f"{OBJ_SIGN[c.action]} {key_text(c.key)}  ({c.path})")
+            out += [f"    {line}" for line in c.diff.splitlines()]
         out.append("")
     out.append(checks_text(checks))
     return "\n".join(out).rstrip() + "\n"
@@ -181,6 +200,20 @@ def markdown_section(c: WorkspaceChange) -> str:
     return head + "\n".join(body) + "\n\n</details>\n"
 
 
+def objects_markdown(diff: PlanDiff) -> str:
+    """The other objects as one section: a line each, and a field-level diff for each change."""
+    changed = _changed_objects(diff)
+    if not changed:
+        return ""
+    out = [f"#### Other objects: {objects_line(diff)}", ""]
+    for c in changed:
+        out.append(f"- `{OBJ_SIGN[c.action]} {key_text(c.key)}` (`{c.path}`)")
+        if c.diff:
+            body = "".join(f"  {line}\n" for line in c.diff.splitlines())
+            out.append(f"  <details><summary>diff</summary>\n\n  ```diff\n{body}  ```\n  </details>")
+    return "\n".join(out) + "\n"
+
+
 def markdown(diff: PlanDiff, checks: Checks | None = None) -> str:
     out = ["| workspace | change | GPUs | $/hour |", "| --- | --- | --- | --- |"]
     for c in diff.changes:
@@ -191,6 +224,7 @@ def markdown(diff: PlanDiff, checks: Checks | None = None) -> str:
         )
     parts = [f"**Plan:** {summary_line(diff)}", "", *out, ""]
     parts += [markdown_section(c) for c in diff.changes if c.action != "unchanged"]
+    parts.append(objects_markdown(diff))
     if checks is not None:
         parts.append(checks_markdown(checks))
     return "\n".join(parts)
@@ -279,6 +313,17 @@ def as_json(diff: PlanDiff, checks: Checks | None = None) -> str:
                     "after": plan_dict(c.after),
                 }
                 for c in diff.changes
+            ],
+            "objects": [
+                {
+                    "kind": c.key[0],
+                    "namespace": c.key[1],
+                    "name": c.key[2],
+                    "action": c.action,
+                    "file": c.path,
+                    "diff": c.diff,
+                }
+                for c in diff.objects
             ],
             "checks": _checks_dict(checks),
         },

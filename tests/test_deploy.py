@@ -460,8 +460,8 @@ class Attr:
 def rbac_attributes(method: str, path: str, query: dict, status: int) -> list[Attr]:
     """Like the API server's request info resolver: /api/v1/... and /apis/<group>/<version>/..."""
     parts = [p for p in path.split("/") if p]
-    if not parts or parts[0] not in ("api", "apis"):
-        return []
+    if not parts or parts[0] not in ("api", "apis") or (parts[0] == "apis" and len(parts) < 3):
+        return []  # discovery: /api, /apis, /apis/<group>
     if parts[0] == "api":
         group, rest = "", parts[2:]
     else:
@@ -508,12 +508,77 @@ def test_the_request_mapping_matches_the_api_server():
 
 
 WS_TUNING = (ROOT / "example-repo" / "workspaces" / "tuning-phi-3.yaml").read_text()
+# one object of every kind on the default allow-list (reconciler/kinds.py), applied beside the workspaces
+COMPANIONS = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: c-settings}
+data: {mode: fast}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: c-cache}
+spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: c-runner}
+---
+apiVersion: bitnami.com/v1alpha1
+kind: SealedSecret
+metadata: {name: c-sealed}
+spec: {encryptedData: {token: AgBy3i4OJSWK}}
+---
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: c-external}
+spec: {secretStoreRef: {name: vault, kind: ClusterSecretStore}, target: {name: c-external}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c-gateway}
+spec: {selector: {app: c-gateway}, ports: [{port: 80}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: c-deny}
+spec: {podSelector: {}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: c-route}
+spec: {rules: [{backendRefs: [{name: a, port: 80}]}]}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: c-pdb}
+spec: {minAvailable: 1, selector: {matchLabels: {app: c-gateway}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: c-gateway}
+spec:
+  selector: {matchLabels: {app: c-gateway}}
+  template:
+    metadata: {labels: {app: c-gateway}}
+    spec: {containers: [{name: gw, image: "nginx:1.27"}]}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: c-hpa}
+spec: {scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: c-gateway}, minReplicas: 1, maxReplicas: 2}
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {name: c-scaler}
+spec: {scaleTargetRef: {name: c-gateway}}
+"""
 
 
 @pytest.fixture(scope="module")
 def daemon_requests(tmp_path_factory) -> list[Attr]:
     """Every request of a real daemon: apply, pod logs, drift, prune, leader election."""
-    from doubles.kube_api import KubeAPIServer
+    from doubles.kube_api import EXTERNAL_SECRET, HTTP_ROUTE, SCALED_OBJECT, SEALED_SECRET, KubeAPIServer
     from doubles.kube_fixtures import workspace_node
     from support.gitserver import GitRemote
     from support.workspaces import smol_ws
@@ -528,11 +593,30 @@ def daemon_requests(tmp_path_factory) -> list[Attr]:
         {
             "workspaces/a.yaml": smol_ws("a"),
             "workspaces/b.yaml": smol_ws("b"),
-            "workspaces/t.yaml": WS_TUNING,
+            # its results go to a claim the cluster already has: looked up before the Job is applied
+            "workspaces/t.yaml": WS_TUNING.replace(
+                "    image: myregistry.azurecr.io/adapters/phi-3-dolly:0.1.0\n    imagePushSecret: acr-push\n",
+                "    volumeSource: {persistentVolumeClaim: {claimName: results}}\n",
+            ),
+            # mounts a ConfigMap that only the cluster has: the daemon looks it up before applying
+            "workspaces/c.yaml": smol_ws("c").replace(
+                "inference:\n", "inference:\n  config: c-cluster-config\n"
+            ),
+            "workspaces/objects.yaml": COMPANIONS,
         }
     )
     with KubeAPIServer() as kube:
-        for ws, ns in (("a", "default"), ("b", "default"), ("tuning-phi-3", "llm")):
+        for crd_kind in (SEALED_SECRET, EXTERNAL_SECRET, HTTP_ROUTE, SCALED_OBJECT):
+            kube.add_resource(crd_kind)
+        kube.put_object({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c-cluster-config"}})
+        kube.put_object(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "results", "namespace": "llm"},
+            }
+        )
+        for ws, ns in (("a", "default"), ("b", "default"), ("c", "default"), ("tuning-phi-3", "llm")):
             kube.put_object(workspace_node(ws, ns))
         kubeconfig = kube.write_kubeconfig(tmp / "kubeconfig")
         # the deployed settings, with the repository, cluster and cache of this test
@@ -557,8 +641,10 @@ def daemon_requests(tmp_path_factory) -> list[Attr]:
         daemon = build_daemon(cfg)  # the wiring of `kaito-gitops run`: KubernetesTarget, Daemon
         try:
             first = daemon.run_pass()
-            # two inference workspaces (2 Services + a StatefulSet each), one tuning (ConfigMap + Job)
-            assert not first.errors and first.writes == 8, first
+            # three inference workspaces (2 Services + a StatefulSet each), one tuning (ConfigMap + Job),
+            # and the 12 other objects
+            assert not first.errors and first.writes == 11 + 12, first
+            assert not [o for o in first.objects if o.error], first.objects
             kube.reconcile_workloads()  # the Job's pod appears; it starts running
             [pod] = [p for p in kube.objects("Pod") if p["metadata"]["namespace"] == "llm"]
             kube.set_pod_phase("llm", pod["metadata"]["name"], "Running")
@@ -571,10 +657,14 @@ def daemon_requests(tmp_path_factory) -> list[Attr]:
             assert not second.errors
             kube.delete_object("apps/v1", "StatefulSet", "default", "a")  # drift: deleted out of band
             assert daemon.run_pass().writes == 1
-            remote.write({"workspaces/b.yaml": None, "workspaces/t.yaml": None}, "remove b and t")
+            remote.write(
+                {"workspaces/b.yaml": None, "workspaces/t.yaml": None, "workspaces/objects.yaml": None},
+                "remove b, t and the other objects",
+            )
             pruned = daemon.run_pass()
             assert sorted(pruned.removed) == [("default", "b"), ("llm", "tuning-phi-3")], pruned
-            assert kube.objects("Job") == [] and kube.objects("ConfigMap") == []
+            assert kube.objects("Job") == [] and kube.objects("Deployment") == []
+            assert [c["metadata"]["name"] for c in kube.objects("ConfigMap")] == ["c-cluster-config"]
             # leader election in the daemon's namespace, under the configured Lease name
             dep_ns = SA[0]
             a = LeaseElector(daemon.target.api_client, dep_ns, cfg.lease_name, "kaito-gitops-a")
@@ -587,7 +677,9 @@ def daemon_requests(tmp_path_factory) -> list[Attr]:
         requests = kube.requests
     attrs = [a for q in requests for a in rbac_attributes(q.method, q.path, q.query, q.status)]
     non_resource = {q.path for q in requests if not rbac_attributes(q.method, q.path, q.query, q.status)}
-    assert not non_resource - {"/version", "/version/", "/api", "/apis"}, non_resource
+    # discovery (/api, /apis, /api/v1, /apis/<group>/<version>) is open to every authenticated user
+    discovery = re.compile(r"^/(version/?|api(/v1)?|apis(/[^/]+/[^/]+)?)$")
+    assert not {p for p in non_resource if not discovery.match(p)}, non_resource
     return attrs
 
 

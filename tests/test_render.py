@@ -194,6 +194,7 @@ def test_render_cli_writes_one_file_per_object_and_removes_stale(tmp_path, capsy
         "default/smollm2/service-smollm2-headless.yaml",
         "default/smollm2/service-smollm2.yaml",
         "default/smollm2/statefulset-smollm2.yaml",
+        "llm/_objects/configmap-phi-3-serving.yaml",  # the ConfigMap beside the workspace (docs/objects.md)
         "llm/phi-3-mini/service-phi-3-mini-headless.yaml",
         "llm/phi-3-mini/service-phi-3-mini.yaml",
         "llm/phi-3-mini/statefulset-phi-3-mini.yaml",

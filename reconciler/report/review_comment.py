@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ..findings import Finding
 from ..plandiff import PlanDiff
-from ..planview import Checks, checks_markdown, markdown_section, money, signed_money
+from ..planview import Checks, checks_markdown, markdown_section, money, objects_markdown, signed_money
 
 MARKER = "<!-- kaito-gitops:review -->"
 LIMIT = 65_536
@@ -50,10 +50,13 @@ def summary(diff: PlanDiff, errors: list[Finding]) -> str:
         else ":x: **kaito-gitops: fix the errors below**"
     )
     counts = ", ".join(f"{diff.count(a)} {PAST[a]}" for a in PAST if diff.count(a)) or "no workspace changes"
+    objects = ", ".join(
+        f"{diff.object_count(a)} {a}d" for a in ("create", "update", "delete") if diff.object_count(a)
+    )
     return (
         f"{head}\n\nWorkspaces: {counts} · GPUs {diff.before.gpus} → {diff.after.gpus} ({diff.gpu_delta:+d}) · "
         f"{money(diff.before.price_per_hour)}/h → {money(diff.after.price_per_hour)}/h "
-        f"({signed_money(diff.cost_delta)}/h)"
+        f"({signed_money(diff.cost_delta)}/h)" + (f" · Other objects: {objects}" if objects else "")
     )
 
 
@@ -86,6 +89,9 @@ def comment_body(
         parts += [f"<details><summary>Warnings ({len(warnings)})</summary>", ""]
         parts += [_finding_line(repo_html, head_sha, f) for f in warnings] + ["", "</details>", ""]
     sections = [markdown_section(c) for c in diff.changes if c.action != "unchanged"]
+    others = objects_markdown(diff)
+    if others:
+        sections.append(others)
     head_text = "\n".join(parts)
     footer = (
         f"\n<sub>Plan of `{head_sha[:12]}` against `{base_ref}`. This comment is updated on every push; "

@@ -32,11 +32,12 @@ class StatusReporter:
 
     def on_pass(self, daemon, result) -> None:
         reports = result.reports
-        seen = (daemon.revision, reports)
+        objects = getattr(result, "objects", [])
+        seen = (daemon.revision, reports, objects)
         if seen == self._last_seen and self.last_error == "":
             return  # the usual pass: nothing to report changed, so nothing to serialise
         self._last_seen = seen
-        files = status_files(reports, daemon.revision)
+        files = status_files(reports, daemon.revision, objects)
         if files == self._last_written:
             return  # nothing changed since the last commit: no work, no commit
         changes = _summary(self._last_written or {}, files)

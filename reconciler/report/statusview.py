@@ -69,7 +69,19 @@ def status_row(doc: dict) -> list[str]:
     ]
 
 
-def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: str) -> str:
+def objects_lines(objects: list) -> list[str]:
+    """STATUS.md's table of the other objects (daemon.ObjectReport): health, or why not applied."""
+    if not objects:
+        return []
+    out = ["", "## Other objects", "", "| OBJECT | FILE | HEALTH | ERROR |", "| --- | --- | --- | --- |"]
+    for o in objects:
+        kind, ns, name = o.key
+        cells = [f"{kind} {ns}/{name}" if ns else f"{kind} {name}", o.path, o.health or "-", o.error]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
+
+
+def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: str, objects=()) -> str:
     rows = [status_row(d) for d in docs]
     out = [
         "# Workspace status",
@@ -82,6 +94,7 @@ def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: 
     for row in rows:
         out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     out += spend_lines(reports)
+    out += objects_lines(list(objects))
     errors = [(r.key, r.errors[0].text()) for r in reports if r.errors]
     if errors:
         out += ["", "## Errors", ""]
@@ -119,10 +132,10 @@ def text_table(rows: list[list[str]]) -> str:
     )
 
 
-def status_files(reports: list[WorkspaceReport], revision: str) -> dict[str, str]:
+def status_files(reports: list[WorkspaceReport], revision: str, objects=()) -> dict[str, str]:
     """Every file the status tree should hold, by path relative to the status root."""
     reports = sorted(reports, key=lambda r: r.key)
     docs = [status_document(r) for r in reports]
     files = {status_path(r.key): dump(d) for r, d in zip(reports, docs, strict=True)}
-    files["STATUS.md"] = status_markdown(reports, docs, revision)
+    files["STATUS.md"] = status_markdown(reports, docs, revision, objects)
     return files

@@ -1,4 +1,5 @@
-"""Benchmark: the daemon (`kaito-gitops run`, its own process) with 1,000 workspaces.
+"""Benchmark: the daemon (`kaito-gitops run`, its own process) with 1,000 workspaces and 1,000
+other objects beside them (ConfigMaps, PVCs, ServiceAccounts, NetworkPolicies; docs/objects.md).
 
 A real git remote (git daemon), the Kubernetes API double in this process, webhooks signed
 like GitHub's. Prints:
@@ -6,9 +7,10 @@ like GitHub's. Prints:
   * a no-op pass (revision unchanged): its duration and how many writes it made,
   * push -> applied latency through the webhook for one changed workspace (p50, p95),
   * the daemon's peak RSS.
-Targets (issue 4): 0 writes and < 1 s for the no-op pass, push -> applied p50 < 1 s, RSS < 200 MiB.
+Targets (issue 4): 0 writes and < 1 s for the no-op pass, push -> applied p50 < 1 s, RSS < 200 MiB;
+(issue 14) the no-op pass stays at 0 writes with the 1,000 other objects.
 
-Usage: python tests/bench/reconcile_bench.py [N] [PUSHES]
+Usage: python tests/bench/reconcile_bench.py [N] [PUSHES] [OTHER_OBJECTS]
 """
 
 from __future__ import annotations
@@ -54,6 +56,34 @@ inference:
 """
 
 
+COMPANION_KINDS = ("ConfigMap", "PersistentVolumeClaim", "ServiceAccount", "NetworkPolicy")
+
+
+def companion(j: int) -> str:
+    ns, name = f"team-{j % 10}", f"obj-{j:04d}"
+    kind = COMPANION_KINDS[j % len(COMPANION_KINDS)]
+    head = f"kind: {kind}\nmetadata:\n  name: {name}\n  namespace: {ns}\n"
+    if kind == "ConfigMap":
+        return f"apiVersion: v1\n{head}data:\n  settings.yaml: 'batch: {j}'\n"
+    if kind == "PersistentVolumeClaim":
+        return f"apiVersion: v1\n{head}spec:\n  accessModes: [ReadWriteOnce]\n  resources: {{requests: {{storage: 1Gi}}}}\n"
+    if kind == "ServiceAccount":
+        return f"apiVersion: v1\n{head}"
+    return (
+        f"apiVersion: networking.k8s.io/v1\n{head}spec:\n  podSelector: {{matchLabels: {{app: obj-{j}}}}}\n"
+    )
+
+
+def companion_files(m: int, per_file: int = 10) -> dict[str, str]:
+    """m objects, ten to a file, as teams keep them beside their workspaces."""
+    return {
+        f"workspaces/objects-{f:03d}.yaml": "---\n".join(
+            companion(j) for j in range(f * per_file, min(m, (f + 1) * per_file))
+        )
+        for f in range((m + per_file - 1) // per_file)
+    }
+
+
 def metric(url: str, name: str) -> float:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -80,10 +110,12 @@ def peak_rss_mib(pid: int) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     pushes = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    m = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
     tmp = Path(tempfile.mkdtemp(prefix="reconcile-bench-"))
     gitd = GitDaemon(tmp / "served").start()
     remote = GitRemote(tmp / "served", daemon=gitd)
-    remote.write({f"workspaces/ws-{i:04d}.yaml": workspace(i) for i in range(n)}, f"{n} workspaces")
+    files = {f"workspaces/ws-{i:04d}.yaml": workspace(i) for i in range(n)} | companion_files(m)
+    remote.write(files, f"{n} workspaces, {m} other objects")
     with KubeAPIServer() as kube:
         gfd = {  # GPU feature discovery's labels size bring-your-own nodes
             "pool": "gpu",
@@ -139,6 +171,8 @@ def main() -> None:
             first = time.perf_counter() - start
             objects = len(kube.objects("StatefulSet")) + len(kube.objects("Service"))
             assert objects == 3 * n, f"{objects} objects after the first pass"
+            others = sum(len(kube.objects(k)) for k in COMPANION_KINDS)
+            assert others == m, f"{others} of {m} other objects after the first pass"
 
             # no-op pass: same revision, triggered by a webhook
             writes0 = kube.write_count()
@@ -186,7 +220,7 @@ def main() -> None:
             gitd.stop()
     lat = sorted(latencies)
     p95 = lat[max(0, round(0.95 * len(lat)) - 1)]
-    print(f"reconcile_bench: {n} workspaces ({3 * n} objects)")
+    print(f"reconcile_bench: {n} workspaces ({3 * n} objects) and {m} other objects")
     print(f"  first full apply:        {first:.2f} s (process start to the end of the first pass)")
     print(f"  no-op pass:              {noop_seconds:.3f} s, {noop_writes} write calls")
     print(

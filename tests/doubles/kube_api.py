@@ -164,7 +164,37 @@ BUILTIN_RESOURCES = (
     ),
     ResourceType("batch", "v1", "jobs", "Job", status=True, generation=True),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
+    ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),
+    ResourceType(
+        "policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", status=True, short_names=("pdb",)
+    ),
+    ResourceType(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        status=True,
+        short_names=("hpa",),
+    ),
+    ResourceType("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ResourceType(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        namespaced=False,
+        status=True,
+        short_names=("crd",),
+    ),
 )
+
+# Kinds of CRDs that kaito-gitops users keep beside their workspaces: add them with add_resource
+SEALED_SECRET = ResourceType("bitnami.com", "v1alpha1", "sealedsecrets", "SealedSecret", status=True)
+EXTERNAL_SECRET = ResourceType("external-secrets.io", "v1", "externalsecrets", "ExternalSecret", status=True)
+HTTP_ROUTE = ResourceType("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", status=True)
+SCALED_OBJECT = ResourceType("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", status=True)
 
 
 # --------------------------------------------------------------------------------------------------
