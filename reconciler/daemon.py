@@ -164,6 +164,7 @@ class Daemon:
         self._leaving: dict[WorkspaceKey, WorkspacePlan] = {}  # removed from git, teardown not finished
         self._validation_cache: dict = {}  # parse + schema results by (path, content)
         self._plan_cache: dict = {}  # plans by everything they depend on but the revision
+        self._object_plan_cache: dict = {}  # the other objects' plans, by the document they came from
         self._byo_skus: dict[WorkspaceKey, Sku] = {}  # bring-your-own GPUs, as their node labels say
         # why workspaces left the repository, as git tells it: "deleted" -> the commit range that
         # deleted the file; "moved" -> the path it moved to, outside the watched folders
@@ -203,7 +204,13 @@ class Daemon:
             policy=self.settings.policy,
         )
         settings = replace(self.render, revision=rev[:12])
-        state = plan_revision(validated, settings, byo=self._byo_skus, cache=self._plan_cache)
+        state = plan_revision(
+            validated,
+            settings,
+            byo=self._byo_skus,
+            cache=self._plan_cache,
+            object_cache=self._object_plan_cache,
+        )
         # a workspace that would take a budget over it is held like an invalid one (last good version)
         for f in budgets.hold(validated, state, DesiredState(dict(self.desired))):
             log.warning(

@@ -81,11 +81,24 @@ class ObjectPlan:
         return self.body["metadata"]["annotations"][ANNOTATION_OBJECT_HASH]
 
 
-def plan_objects(rev: Revision) -> dict[ObjectKey, ObjectPlan]:
-    """Every valid companion object, in apply order (kind rank, then key)."""
+def plan_objects(rev: Revision, cache: dict | None = None) -> dict[ObjectKey, ObjectPlan]:
+    """Every valid companion object, in apply order (kind rank, then key).
+
+    With `cache` (kept by the caller), an object read from the same document as last time (the
+    validation cache hands back the same Document for an unchanged file) keeps its plan."""
     valid = rev.valid_objects()
     order = sorted(valid.values(), key=lambda o: (o.rank, o.key))
-    return {o.key: ObjectPlan(o, desired_body(o)) for o in order}
+    out, used = {}, {}
+    for o in order:
+        ckey = (id(o.document), o.key)
+        hit = cache.get(ckey) if cache is not None else None
+        plan = hit[1] if hit is not None and hit[0] is o.document else ObjectPlan(o, desired_body(o))
+        out[o.key] = plan
+        used[ckey] = (o.document, plan)  # the document is held, so its id is not reused meanwhile
+    if cache is not None:
+        cache.clear()
+        cache.update(used)
+    return out
 
 
 @dataclass
@@ -228,6 +241,7 @@ def plan_revision(
     catalog: Catalog | None = None,
     byo: dict[WorkspaceKey, Sku] | None = None,
     cache: dict | None = None,
+    object_cache: dict | None = None,
 ) -> DesiredState:
     """Plan every valid workspace of a revision. Invalid ones are left out (they keep their last good state).
 
@@ -237,7 +251,7 @@ def plan_revision(
     """
     catalog = catalog or load_catalog()
     settings = settings or RenderSettings()
-    state = DesiredState(objects=plan_objects(rev))
+    state = DesiredState(objects=plan_objects(rev, object_cache))
     used: dict[str, WorkspacePlan] = {}
     for key, ws in sorted(rev.valid_workspaces().items()):
         byo_sku = (byo or {}).get(key)

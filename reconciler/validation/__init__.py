@@ -126,10 +126,14 @@ def _ignored(doc: Document) -> Finding | None:
     return None
 
 
-def _check_objects(rev: Revision, docs: list[Document], policy: kinds.ObjectPolicy, namespace: str) -> None:
-    """Read and check the companion objects; an object with an error is left out of `valid_objects`."""
+def _check_objects(
+    rev: Revision, docs: list[tuple[Document, dict]], policy: kinds.ObjectPolicy, namespace: str
+) -> None:
+    """Read and check the companion objects; an object with an error is left out of `valid_objects`.
+    Each doc comes with its file's cache (validate_sources): schema results are kept there."""
     readable: list[tuple[Document, KubeObject]] = []
-    for doc in docs:
+    caches = {id(doc): c for doc, c in docs}
+    for doc, _ in docs:
         problem = object_rules.identity_problem(doc)
         if problem is not None:
             rev.file_findings.append(problem)
@@ -143,7 +147,11 @@ def _check_objects(rev: Revision, docs: list[Document], policy: kinds.ObjectPoli
             obj = KubeObject.read(doc, namespace, namespaced=crds[obj.kind_name])
         findings = object_rules.check_object(obj, policy, crds)
         if not findings:
-            findings = object_rules.check_schema(obj, version)
+            ckey = ("kube-schema", doc.index, version)
+            cache = caches[id(doc)]
+            if ckey not in cache:
+                cache[ckey] = object_rules.check_schema(obj, version)
+            findings = list(cache[ckey])
         other = object_rules.conflict(obj, owners)
         if other is not None:
             findings.append(other)
@@ -182,7 +190,7 @@ def validate_sources(
     catalog = catalog or load_catalog()
     rev = Revision()
     ws_docs: list[Workspace] = []
-    object_docs: list[Document] = []
+    object_docs: list[tuple[Document, dict]] = []
     used: dict = {}
     for path, raw in files:
         rev.files.append(path)
@@ -226,13 +234,13 @@ def validate_sources(
                 cm = ConfigMap.read(doc, namespace)
                 if cm.name:
                     rev.configmaps[cm.key] = cm
-                object_docs.append(doc)
+                object_docs.append((doc, schema_cache))
             else:
                 ignored = _ignored(doc)
                 if ignored is not None:
                     rev.file_findings.append(ignored)
                 else:
-                    object_docs.append(doc)
+                    object_docs.append((doc, schema_cache))
     if cache is not None:  # forget files that are gone or changed
         cache.clear()
         cache.update(used)
