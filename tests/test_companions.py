@@ -567,3 +567,35 @@ def test_status_md_lists_each_object_with_its_health_or_its_error(kube_api, git_
     )
     assert "| Secret default/hf | workspaces/secret.yaml | - | revision " in md and "SealedSecret" in md
     assert "hf_s3cr3tvalue" not in md
+
+
+def test_locally_a_secret_is_a_folder_the_user_makes_and_workloads_read_it(tmp_path):
+    tune = (
+        "apiVersion: kaito.sh/v1beta1\nkind: Workspace\nmetadata: {name: t}\nresource:\n  instanceType: "
+        "Standard_NC24ads_A100_v4\n  labelSelector: {matchLabels: {apps: t}}\ntuning:\n  preset:\n    name: "
+        "phi-3-mini-128k-instruct\n    presetOptions: {modelAccessSecret: hf}\n  method: qlora\n"
+        "  input: {urls: ['https://example.com/d.parquet']}\n"
+        "  output: {image: 'registry.example.com/a/t:1', imagePushSecret: push}\n"
+    )
+    state = plan_revision(validate_sources(encoded({"t.yaml": tune}), target="local"))
+    plan = state.plans[("default", "t")]
+    target = LocalTarget(tmp_path / "state", docker_config="")
+    try:
+        w = target._workload(plan, "sig", None)
+        assert "--push-image" not in w.steps[-1] and "HF_TOKEN" not in w.env
+        assert "_secrets/default/push/.dockerconfigjson" in target._notes[("default", "t")][0]
+        for name, key, value in (
+            ("push", ".dockerconfigjson", '{"auths": {}}'),
+            ("hf", "HF_TOKEN", "hf_abc\n"),
+        ):
+            path = tmp_path / "state" / "_secrets" / "default" / name / key
+            path.parent.mkdir(parents=True)
+            path.write_text(value)
+        w = target._workload(plan, "sig", None)
+        cmd = w.steps[-1]
+        assert cmd[cmd.index("--docker-config") + 1] == str(
+            tmp_path / "state/_secrets/default/push/.dockerconfigjson"
+        )
+        assert w.env["HF_TOKEN"] == "hf_abc" and target._notes[("default", "t")] == []
+    finally:
+        target.close()

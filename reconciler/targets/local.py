@@ -10,7 +10,10 @@ behind.
 The other objects of the repository have local stand-ins where one makes sense: a
 PersistentVolumeClaim is a folder (STATE/_volumes/<ns>/<name>, what a workspace mounting the
 claim reads and writes), a ConfigMap is a folder of one file per key (STATE/_configmaps/<ns>/
-<name>/). Other kinds are reported as not applicable locally.
+<name>/). Other kinds are reported as not applicable locally. Secrets stay out of git, so their
+stand-in is made by hand, like `kubectl create secret`: STATE/_secrets/<ns>/<name>/<key>, one file
+per key; a workspace's modelAccessSecret becomes HF_TOKEN, its imagePushSecret's
+.dockerconfigjson the credentials its adapter is pushed with.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from .base import ApplyResult, ObjectsResult, WorkspaceKey
 
 VOLUMES = "_volumes"  # `_` cannot start a namespace, so these never meet a workspace's folder
 CONFIGMAPS = "_configmaps"
+SECRETS = "_secrets"  # written by the user, never by us: nothing prunes it
 LOCAL_KINDS = {"PersistentVolumeClaim": VOLUMES, "ConfigMap": CONFIGMAPS}
 
 log = structlog.get_logger("kaito_gitops.local")
@@ -332,8 +336,16 @@ class LocalTarget:
             result.deleted.append(f"{key[0]} {key[1]}/{key[2]}")
         return result
 
+    def secret_file(self, namespace: str, name: str | None, key: str) -> Path | None:
+        """A key of a Secret's local stand-in, when the user made one."""
+        if not name:
+            return None
+        path = self.state_dir / SECRETS / namespace / name / key
+        return path if path.is_file() else None
+
     def missing(self, refs: list[Reference]) -> list[Reference]:
-        """Claims and ConfigMaps without their folder; Secrets have no local stand-in to look for."""
+        """Claims and ConfigMaps without their folder. Secrets are optional here: without a stand-in
+        the workload runs without them (no push, no gated download) and status says so."""
         return [r for r in refs if r.kind in LOCAL_KINDS and not self._object_folder(r.key).is_dir()]
 
     # -- building commands ----------------------------------------------------------------
@@ -362,6 +374,10 @@ class LocalTarget:
         folder = self.state_dir / ns / name
         folder.mkdir(parents=True, exist_ok=True)
         env = {"HF_HOME": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
+        preset = plan.workspace.preset
+        token = self.secret_file(ns, preset.model_access_secret if preset else None, "HF_TOKEN")
+        if token is not None:  # as the pod's secretKeyRef would; never logged
+            env["HF_TOKEN"] = token.read_text().strip()
         if plan.kind == "inference":
             port = previous.port if previous and previous.port else self._reuse_port(plan.key)
             steps = self._adapter_steps(plan, folder)
@@ -461,18 +477,25 @@ class LocalTarget:
             "--progress-file",
             str(progress),
         ]
-        if t.output and t.output.image and not self.docker_config:
+        docker_config = self.docker_config
+        pushed_with = self.secret_file(
+            ns, t.output.image_push_secret if t.output else None, ".dockerconfigjson"
+        )
+        if pushed_with is not None:
+            docker_config = str(pushed_with)
+        if t.output and t.output.image and not docker_config:
             skipped.append(
                 f"the adapter is not pushed to {t.output.image}: set KAITO_GITOPS_DOCKER_CONFIG to a "
-                "dockerconfigjson file with push credentials for that registry (the local target's "
-                "imagePushSecret); it stays in " + str(output)
+                "dockerconfigjson file with push credentials for that registry, or put it at "
+                f"{self.state_dir / SECRETS / ns / (t.output.image_push_secret or '<secret>') / '.dockerconfigjson'} "
+                "(the imagePushSecret's local stand-in); it stays in " + str(output)
             )
-        if t.output and t.output.image and self.docker_config:
+        if t.output and t.output.image and docker_config:
             cmd += [
                 "--push-image",
                 t.output.image,
                 "--docker-config",
-                self.docker_config,
+                docker_config,
                 "--model-name",
                 plan.model.name if plan.model else model,
             ]
