@@ -599,3 +599,47 @@ def test_locally_a_secret_is_a_folder_the_user_makes_and_workloads_read_it(tmp_p
         assert w.env["HF_TOKEN"] == "hf_abc" and target._notes[("default", "t")] == []
     finally:
         target.close()
+
+
+def test_a_kind_that_cannot_be_listed_is_an_error_for_its_objects_and_nothing_of_it_is_pruned(
+    kube_api, git_remote, tmp_path
+):
+    sa = "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: runner}\n"
+    git_remote.write({"workspaces/sa.yaml": sa, "workspaces/cm.yaml": cm("fine")})
+    d = make(kube_api, git_remote, tmp_path)
+    d.run_pass()
+    git_remote.write({"workspaces/sa.yaml": None}, "drop the service account")
+    kube_api.fail_next(1, 403, methods=["GET"], path_contains="/serviceaccounts")
+    r = d.run_pass()
+    assert not r.errors and names(kube_api, "ServiceAccount") == ["runner"], "not pruned while unknown"
+    kube_api.fail_next(1, 403, methods=["GET"], path_contains="/serviceaccounts")
+    git_remote.write({"workspaces/sa.yaml": sa}, "back")
+    d.run_pass()
+    assert "cannot list ServiceAccount" in reports(d)["runner"].error
+    assert not reports(d)["fine"].error
+    git_remote.write({"workspaces/sa.yaml": None}, "drop it again")
+    d.run_pass()  # listed again: pruned as usual
+    assert kube_api.objects("ServiceAccount") == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "word"),
+    [
+        ("PersistentVolumeClaim", {"phase": "Bound"}, "Bound"),
+        ("PersistentVolumeClaim", {"phase": "Lost"}, "Lost (not bound yet)"),
+        ("Deployment.apps", {"conditions": [{"type": "Available", "status": "True"}]}, "Available"),
+        ("Deployment.apps", {"conditions": [{"type": "Available", "status": "False"}]}, "Progressing"),
+        (
+            "CustomResourceDefinition.apiextensions.k8s.io",
+            {"conditions": [{"type": "Established", "status": "True"}]},
+            "Established",
+        ),
+        ("CustomResourceDefinition.apiextensions.k8s.io", {}, "NotEstablished"),
+        ("ConfigMap", {}, "Applied"),
+        ("Widget.acme.io", {"phase": "whatever"}, "Applied"),
+    ],
+)
+def test_health_words(kind, status, word):
+    from reconciler.targets.kube_objects import health
+
+    assert health(kind, {"status": status}) == word

@@ -315,3 +315,30 @@ def test_github_app_authentication_and_a_low_budget(world):
         assert r._paused_until > time.monotonic() + 60
     finally:
         r.close()
+
+
+def test_the_review_shows_each_other_object_with_a_field_level_diff_and_refuses_a_raw_secret(world):
+    remote, gh_double, tmp = world.remote, world.gh, world.tmp
+    cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: serving}\ndata: {mode: '%s'}\n"
+    remote.write({"workspaces/a.yaml": smol_ws("a"), "workspaces/cm.yaml": cm % "fast"}, "base")
+    secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: hf}\nstringData: {HF_TOKEN: hf_realvalue}\n"
+    head = open_pr(world, 9, {"workspaces/cm.yaml": cm % "careful", "workspaces/s.yaml": secret}, "tune")
+    r = reviewer(remote, gh_double, tmp)
+    try:
+        r.review_now(9)
+        [c] = bot_comments(gh_double, 9)
+        body = c["body"]
+        assert (
+            "Other objects: 1 updated" in body
+            and "`~ ConfigMap default/serving` (`workspaces/cm.yaml`)" in body
+        )
+        assert "  -  mode: fast\n  +  mode: careful\n" in body, body
+        assert (
+            f"[`workspaces/s.yaml:2`](https://github.com/{OWNER}/{REPO}/blob/{head}/workspaces/s.yaml#L2)"
+            in body
+        )
+        assert "SealedSecret" in body and "hf_realvalue" not in body
+        [st] = [s for s in gh_double.statuses(OWNER, REPO, head) if s["context"] == VALIDATE_CONTEXT]
+        assert st["state"] == "failure"
+    finally:
+        r.close()

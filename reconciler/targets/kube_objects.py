@@ -112,8 +112,9 @@ class ObjectApplier:
             return None
 
     # -- reading ---------------------------------------------------------------------------
-    def _list(self, desired: dict[ObjectKey, ObjectPlan]) -> set[str]:
-        """Fill `live` with our objects of every kind we may have applied; the kinds not served."""
+    def _list(self, desired: dict[ObjectKey, ObjectPlan]) -> dict[str, str]:
+        """Fill `live` with our objects of every kind we may have applied; the kinds that could
+        not be listed, and why (not served, or refused: e.g. --allow-kind without a grant)."""
         wanted = dict(self._versions)
         if not self._listed_allowed:
             for name in self.allowed:
@@ -123,14 +124,24 @@ class ObjectApplier:
         for plan in desired.values():
             wanted[plan.key[0]] = plan.source.api_version
         live: dict[ObjectKey, dict] = {}
-        unserved: set[str] = set()
+        unlisted: dict[str, str] = {}
         versions: dict[str, str] = {}
         for name, api_version in sorted(wanted.items()):
             res = self._resource(api_version, name.split(".", 1)[0])
             if res is None:
-                unserved.add(name)
+                unlisted[name] = (
+                    f"the cluster does not serve {name} ({api_version}): install its CustomResourceDefinition, "
+                    "or remove the object"
+                )
                 continue
-            data = self._list_ours(res)
+            try:
+                data = self._list_ours(res)
+            except ApiException as e:
+                unlisted[name] = f"cannot list {name}: {_problem(e)}"
+                # what we applied of this kind is unknown now: keep it, prune nothing of it
+                live.update({k: v for k, v in self.live.items() if k[0] == name})
+                versions[name] = api_version
+                continue
             for item in data.get("items") or []:
                 md = item.get("metadata") or {}
                 md.pop("managedFields", None)
@@ -141,7 +152,7 @@ class ObjectApplier:
         self.live, self._looked_up = live, {}
         self._listed_allowed = True
         self._versions = versions
-        return unserved
+        return unlisted
 
     # -- writing ---------------------------------------------------------------------------
     def _needs_write(self, plan: ObjectPlan, live: dict | None) -> str | None:
@@ -161,13 +172,10 @@ class ObjectApplier:
 
     def apply(self, desired: dict[ObjectKey, ObjectPlan], keep: set[ObjectKey], prune: bool) -> ObjectsResult:
         result = ObjectsResult()
-        unserved = self._list(desired)
+        unlisted = self._list(desired)
         for key, plan in desired.items():  # already in apply order
-            if key[0] in unserved:
-                result.errors[key] = (
-                    f"the cluster does not serve {key[0]} ({plan.source.api_version}): install its "
-                    "CustomResourceDefinition, or remove the object"
-                )
+            if key[0] in unlisted:
+                result.errors[key] = unlisted[key[0]]
                 continue
             why = self._needs_write(plan, self.live.get(key))
             if why is None:
@@ -197,7 +205,7 @@ class ObjectApplier:
             result.applied.append(f"{key_text(key)} ({why})")
             result.health[key] = health(key[0], stored)
             log.info("applied", object=key_text(key), reason=why, source=plan.source.path)
-        gone = [k for k in self.live if k not in desired and k not in keep]
+        gone = [k for k in self.live if k not in desired and k not in keep and k[0] not in unlisted]
         if gone and not prune:
             result.held = sorted(gone)
             return result
