@@ -18,6 +18,7 @@ def cmd_diff(args) -> int:
 
     from .cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, _load
     from .cli_commands import _head_revision, _print_findings, _settings
+    from .companions import key_text
     from .objectdiff import object_name, unified
     from .planning import plan_revision
     from .runcmd import kube_client
@@ -53,6 +54,26 @@ def cmd_diff(args) -> int:
                     f"# pruned: workspace {key[0]}/{key[1]} is not in the files\n"
                     + unified(live, None, object_name(live))
                 )
+        # the other objects of the folders, as a pass would apply and prune them
+        unlisted = target.companions.read(state.objects)
+        for key, oplan in state.objects.items():
+            if key[0] in unlisted:
+                changed += 1
+                out.append(f"# {key_text(key)}: {unlisted[key[0]]}\n")
+                continue
+            live, would = target.companions.preview(oplan)
+            text = unified(live, would, object_name(oplan.body))
+            if text:
+                changed += 1
+                out.append(text)
+        for key in sorted(set(target.companions.live) - set(state.objects) - set(rev.objects)):
+            if key[0] in unlisted:
+                continue
+            changed += 1
+            live = target.companions.live[key]
+            out.append(
+                f"# pruned: {key_text(key)} is not in the files\n" + unified(live, None, object_name(live))
+            )
     except ApiException as e:
         print(f"kaito-gitops diff: the cluster refused a request: {e.status} {e.reason}", file=sys.stderr)
         return EXIT_USAGE
@@ -60,7 +81,11 @@ def cmd_diff(args) -> int:
         print(f"kaito-gitops diff: cannot reach the cluster: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_USAGE
     sys.stdout.write("".join(out))
-    print(f"{changed} object(s) would change in {len(state.plans)} workspace(s)", file=sys.stderr)
+    print(
+        f"{changed} object(s) would change in {len(state.plans)} workspace(s) and {len(state.objects)} other "
+        "object(s)",
+        file=sys.stderr,
+    )
     if rev.has_errors:
         return EXIT_USAGE
     return EXIT_FINDINGS if changed else EXIT_OK

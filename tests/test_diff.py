@@ -83,3 +83,36 @@ def test_diff_says_when_the_cluster_cannot_be_reached(tmp_path, capsys):
     assert main(["diff", str(folder), "--kubeconfig", str(cfg)]) == 2
     _, err = capsys.readouterr()
     assert "cannot reach the cluster" in err and "Traceback" not in err
+
+
+def test_diff_shows_the_other_objects_created_drifted_and_pruned(kube_api, tmp_path, capsys):
+    from reconciler.planning import plan_revision as plan
+
+    folder = tmp_path / "workspaces"
+    folder.mkdir()
+    cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: serving}\ndata: {mode: fast}\n"
+    (folder / "cm.yaml").write_text(cm)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    kubeconfig = str(kube_api.write_kubeconfig(tmp_path / "kubeconfig"))
+    diff = ["diff", str(folder), "--kubeconfig", kubeconfig]
+    assert main(diff) == 1
+    out, err = capsys.readouterr()
+    assert "--- /dev/null\n+++ desired/ConfigMap/default/serving" in out and "1 other object(s)" in err
+    assert kube_api.objects("ConfigMap") == [], "a dry run"
+    api = client.ApiClient(kube_api.client_config())
+    target = KubernetesTarget(api)
+    rev = validate_sources(list(disk_files([str(folder)], 1 << 20, relative_to=str(tmp_path))))
+    target.apply_objects(plan(rev).objects, set(), prune=True)
+    assert main(diff) == 0
+    capsys.readouterr()
+    client.CoreV1Api(api).patch_namespaced_config_map("serving", "default", {"data": {"mode": "slow"}})
+    assert main(diff) == 1
+    out, _ = capsys.readouterr()
+    assert "-  mode: slow\n+  mode: fast\n" in out, out
+    (folder / "cm.yaml").unlink()
+    (folder / "a.yaml").write_text(smol_ws("a"))
+    assert main(diff) == 1
+    out, _ = capsys.readouterr()
+    assert (
+        "# pruned: ConfigMap default/serving is not in the files\n--- live/ConfigMap/default/serving" in out
+    )

@@ -154,6 +154,38 @@ class ObjectApplier:
         self._versions = versions
         return unlisted
 
+    def read(self, desired: dict[ObjectKey, ObjectPlan]) -> dict[str, str]:
+        """List ours (as a pass does, writing nothing); the kinds that could not be listed, and why."""
+        return self._list(desired)
+
+    def preview(self, plan: ObjectPlan) -> tuple[dict | None, dict]:
+        """(live, what applying would leave) for one object, writing nothing: the server's own
+        server-side apply with dryRun=All. Call `read` first."""
+        res = self._resource(plan.source.api_version, plan.source.kind)
+        key = plan.key
+        live = self.live.get(key)
+        if live is None:  # not ours, but it may be there (made with kubectl): apply would take it over
+            try:
+                live = _body(
+                    self.dyn.get(res, name=key[2], namespace=key[1] or None, _request_timeout=self.timeout)
+                )
+            except (ApiException, DynamicApiError) as e:
+                if getattr(e, "status", None) != 404:
+                    raise
+        would = _body(
+            self.dyn.server_side_apply(
+                res,
+                body=plan.body,
+                name=key[2],
+                namespace=key[1] or None,
+                field_manager=FIELD_MANAGER,
+                force_conflicts=True,
+                dry_run="All",
+                _request_timeout=self.timeout,
+            )
+        )
+        return live, would
+
     # -- writing ---------------------------------------------------------------------------
     def _needs_write(self, plan: ObjectPlan, live: dict | None) -> str | None:
         if live is None:
