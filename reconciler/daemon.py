@@ -21,11 +21,12 @@ import structlog
 
 from . import budgets, kinds
 from .catalog import Sku, load_catalog, sku_from_gpu_labels
-from .companions import ObjectKey, key_text, references
+from .companions import ObjectKey
 from .findings import Finding
 from .logs import error_text
 from .metrics import Metrics
-from .planning import DesiredState, ObjectPlan, WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
+from .objectsync import ObjectReport, ObjectSync
+from .planning import DesiredState, WorkspacePlan, plan_cache_key, plan_revision, plan_workspace
 from .provisioners.base import Provisioner
 from .provisioners.none import byo_label_problem
 from .render.common import RenderSettings
@@ -94,16 +95,6 @@ def spend(reports: list[WorkspaceReport]) -> dict[str, tuple[int, float]]:
 
 
 @dataclass
-class ObjectReport:
-    """What status shows about one companion object."""
-
-    key: ObjectKey
-    path: str
-    health: str  # Bound, Available, Applied, ... ; "" until a target has applied it
-    error: str = ""
-
-
-@dataclass
 class PassResult:
     revision: str
     changed: bool  # the revision moved since the last pass
@@ -164,19 +155,12 @@ class Daemon:
         self._leaving: dict[WorkspaceKey, WorkspacePlan] = {}  # removed from git, teardown not finished
         self._validation_cache: dict = {}  # parse + schema results by (path, content)
         self._plan_cache: dict = {}  # plans by everything they depend on but the revision
-        self._object_plan_cache: dict = {}  # the other objects' plans, by the document they came from
         self._byo_skus: dict[WorkspaceKey, Sku] = {}  # bring-your-own GPUs, as their node labels say
         # why workspaces left the repository, as git tells it: "deleted" -> the commit range that
         # deleted the file; "moved" -> the path it moved to, outside the watched folders
         self._deleted_in_git: dict[WorkspaceKey, str] = {}
         self._moved_out: dict[WorkspaceKey, str] = {}
-        # the companion objects: what to apply (invalid ones at their last good version), what to
-        # keep though not applied (invalid, never good), and how each one fared on the last pass
-        self.desired_objects: dict[ObjectKey, ObjectPlan] = {}
-        self.kept_objects: set[ObjectKey] = set()
-        self.object_errors: dict[ObjectKey, str] = {}  # from validation: the first error
-        self.object_status: dict[ObjectKey, tuple[str, str]] = {}  # (health, error) from the target
-        self._objects_gone_by_commit = False
+        self.objects = ObjectSync()  # the other objects of the watched folders (objectsync.py)
         if hasattr(target, "on_change"):  # targets that know at once when a workload changes
             target.on_change = self.poke
 
@@ -209,7 +193,7 @@ class Daemon:
             settings,
             byo=self._byo_skus,
             cache=self._plan_cache,
-            object_cache=self._object_plan_cache,
+            object_cache=self.objects.plan_cache,
         )
         # a workspace that would take a budget over it is held like an invalid one (last good version)
         for f in budgets.hold(validated, state, DesiredState(dict(self.desired))):
@@ -238,7 +222,7 @@ class Daemon:
                 self._backoff.pop(key, None)  # its removal starts afresh
                 self._leaving[key] = old  # shown as Deleting until its nodes are released too
         self._explain_removals(self.revision, rev, present)
-        self._load_objects(validated, state, rev)
+        self.objects.load(validated, state, lambda: self._removals(self.revision, rev))
         self._log_invalid_files(validated, rev)
         self.validated, self.desired, self.present, self.findings, self.last_good = (
             validated,
@@ -260,33 +244,15 @@ class Daemon:
             seconds=round(time.perf_counter() - start, 3),
         )
 
-    def _load_objects(self, validated: Revision, state: DesiredState, rev: str) -> None:
-        """The companion objects of a revision; an invalid one keeps its last good version."""
-        desired = dict(state.objects)
-        kept: set[ObjectKey] = set()
-        for key in validated.invalid_objects:
-            if key in self.desired_objects:
-                desired[key] = self.desired_objects[key]
-            else:
-                kept.add(key)
-        for key, plan in self.desired_objects.items():  # a file that cannot be read now: hold its objects
-            if key not in validated.objects and plan.source.path in validated.unreadable_files:
-                desired[key] = plan
-        previous = self.desired_objects
-        vanished = {k: p.source.path for k, p in previous.items() if k not in validated.objects}
-        removals: dict[str, str] = {}
-        if vanished and self.revision:
-            try:
-                removals = self.source.removals(self.revision, rev)
-            except SourceError as e:
-                log.warning("cannot tell how objects left git", error=str(e))
-        # the prune guard's evidence: every object that left went because a commit deleted its file
-        self._objects_gone_by_commit = bool(vanished) and all(
-            removals.get(p) == "" for p in vanished.values()
-        )
-        self.desired_objects = dict(sorted(desired.items(), key=lambda kv: (kv[1].rank, kv[0])))
-        self.kept_objects = kept
-        self.object_errors = {k: fs[0].text() for k, fs in validated.object_findings.items() if fs}
+    def _removals(self, prev: str, rev: str) -> dict[str, str]:
+        """How files left git between two revisions (path -> where it moved, "" if deleted)."""
+        if not prev:
+            return {}
+        try:
+            return self.source.removals(prev, rev)
+        except SourceError as e:
+            log.warning("cannot tell how files left git", error=str(e))
+            return {}
 
     def _log_invalid_files(self, validated: Revision, rev: str) -> None:
         """Once per revision, each file with an error and its first error, so `kubectl logs` says
@@ -313,13 +279,7 @@ class Daemon:
         for key in [k for k in self._moved_out if k in present]:
             del self._moved_out[key]
         vanished = {k: p.workspace.path for k, p in self.desired.items() if k not in present}
-        if not vanished or not prev:
-            return
-        try:
-            removals = self.source.removals(prev, rev)
-        except SourceError as e:
-            log.warning("cannot tell how workspaces left git", error=str(e))
-            return
+        removals = self._removals(prev, rev) if vanished else {}
         for key, path in vanished.items():
             if path not in removals:
                 continue
@@ -430,7 +390,7 @@ class Daemon:
         result.seconds = time.perf_counter() - start
         self.metrics.pass_seconds.observe(result.seconds)
         result.reports = self.reports()
-        result.objects = self.object_reports()
+        result.objects = self.objects.reports(self.validated, self.revision)
         self._count_states(result.reports)
         self.last_pass = result
         self.synced.set()
@@ -453,61 +413,19 @@ class Daemon:
         return result
 
     def _reconcile_objects(self, result: PassResult) -> None:
-        """Apply the companion objects in kind order and prune ours that left git, under the same
-        guard as workspaces: a revision with nothing in it prunes only what commits deleted."""
-        empty = not self.present and not (self.validated and self.validated.objects)
-        prune = self.settings.allow_empty_prune or not empty or self._objects_gone_by_commit
-        res = self.target.apply_objects(self.desired_objects, self.kept_objects, prune)
-        if res.held:
-            result.objects_held = res.held
-            log.error(
-                "refusing to prune every object: the repository yields nothing but the cluster has objects "
-                "of ours, and no commit this daemon has seen deletes their files; pass --allow-empty-prune "
-                "if that is intended",
-                revision=self.revision[:12],
-                objects=len(res.held),
-            )
+        """The other objects first: workspaces may mount what they create."""
+        res = self.objects.reconcile(
+            self.target,
+            empty=not self.present and not (self.validated and self.validated.objects),
+            allow_empty_prune=self.settings.allow_empty_prune,
+            revision=self.revision,
+        )
+        result.objects_held = res.held
         result.writes += res.writes
         result.object_writes = res.writes
         self.metrics.applies.inc(len(res.applied))
         self.metrics.prunes.inc(len(res.deleted))
-        status = {k: (h, "") for k, h in res.health.items()}
-        for key, msg in res.errors.items():
-            status[key] = (status.get(key, ("", ""))[0], msg)
-            self.metrics.errors.inc()
-        self.object_status = status
-
-    def object_reports(self) -> list[ObjectReport]:
-        """Every companion object of the revision, valid or not, with its health or its error."""
-        objects = self.validated.objects if self.validated else {}
-        out = []
-        for key in sorted(set(objects) | set(self.desired_objects)):
-            obj = objects.get(key) or self.desired_objects[key].source
-            health, error = self.object_status.get(key, ("", ""))
-            if key in self.object_errors:
-                held = " (still applied at its last good version)" if key in self.desired_objects else ""
-                error = f"revision {self.revision[:12]} is invalid{held}: {self.object_errors[key]}"
-            out.append(ObjectReport(key, obj.path, health, error))
-        return out
-
-    def _waiting_for(self, plan: WorkspacePlan) -> str:
-        """'' when everything the workspace mounts exists; else what it waits for."""
-        refs = references(plan.workspace)
-        if not refs:
-            return ""
-        applied = {k for k in self.desired_objects if not self.object_status.get(k, ("", ""))[1]}
-        translated = self.validated.configmaps if self.validated else {}
-        needed = [
-            r
-            for r in refs
-            if r.key not in applied  # a ConfigMap in the repository becomes flags: the pod does not mount it
-            and not (r.field == ("inference", "config") and (r.namespace, r.name) in translated)
-        ]
-        absent = self.target.missing(needed)
-        names = list(dict.fromkeys(f"{key_text(r.key)} ({'.'.join(map(str, r.field))})" for r in absent))
-        if not names:
-            return ""
-        return f"waiting for {', '.join(names)}: not in the cluster yet"
+        self.metrics.errors.inc(len(res.errors))
 
     def _size_byo(self) -> None:
         """Bring-your-own nodes: plan with the GPUs their labels report, known only once the cluster is read."""
@@ -574,7 +492,7 @@ class Daemon:
                     self._removing.add(key)  # keep coming back until the nodes are gone too
                 return res.writes, gone and released
             plan = self.desired[key]
-            waiting = self._waiting_for(plan)
+            waiting = self.objects.waiting_for(plan, self.target, self.validated)
             if waiting:  # no nodes, no pods until what it mounts exists (not a crash loop)
                 log.info("waiting", workspace=f"{key[0]}/{key[1]}", reason=waiting)
                 self.statuses[key] = carry_times(

@@ -5,15 +5,7 @@ are there) on a free 127.0.0.1 port, restarted with backoff if it dies; tuning r
 `python -m runtime.tuning` like a Job (a few retries, then Failed). Data, adapters and outputs
 live under the state folder, or in `hostPath` folders the workspace names. Processes run in
 their own process groups and are stopped with the workspace or the daemon: nothing is left
-behind.
-
-The other objects of the repository have local stand-ins where one makes sense: a
-PersistentVolumeClaim is a folder (STATE/_volumes/<ns>/<name>, what a workspace mounting the
-claim reads and writes), a ConfigMap is a folder of one file per key (STATE/_configmaps/<ns>/
-<name>/). Other kinds are reported as not applicable locally. Secrets stay out of git, so their
-stand-in is made by hand, like `kubectl create secret`: STATE/_secrets/<ns>/<name>/<key>, one file
-per key; a workspace's modelAccessSecret becomes HF_TOKEN, its imagePushSecret's
-.dockerconfigjson the credentials its adapter is pushed with.
+behind. The other objects of the repository get local stand-ins (local_objects.py).
 """
 
 from __future__ import annotations
@@ -42,11 +34,7 @@ from ..planning import ObjectPlan, WorkspacePlan
 from ..progress_format import progress_from_dict
 from ..status import JobState, NodeState, Observation
 from .base import ApplyResult, ObjectsResult, WorkspaceKey
-
-VOLUMES = "_volumes"  # `_` cannot start a namespace, so these never meet a workspace's folder
-CONFIGMAPS = "_configmaps"
-SECRETS = "_secrets"  # written by the user, never by us: nothing prunes it
-LOCAL_KINDS = {"PersistentVolumeClaim": VOLUMES, "ConfigMap": CONFIGMAPS}
+from .local_objects import LocalObjects
 
 log = structlog.get_logger("kaito_gitops.local")
 
@@ -176,6 +164,7 @@ class LocalTarget:
         # at once, so status shows it without waiting for the next poll
         self.on_change = lambda: None
         self._notes: dict[WorkspaceKey, list[str]] = {}  # what this machine did not do, said in status
+        self.stand_ins = LocalObjects(self.state_dir)  # PVCs, ConfigMaps and Secrets as folders
 
     # -- the target interface -----------------------------------------------------------
     def refresh(self) -> None:
@@ -278,75 +267,14 @@ class LocalTarget:
         for w in workloads:
             self._stop(w)
 
-    # -- companion objects ------------------------------------------------------------------
-    def _object_folder(self, key: ObjectKey) -> Path:
-        return self.state_dir / LOCAL_KINDS[key[0]] / key[1] / key[2]
-
-    def volume_path(self, volume_source: dict | None, namespace: str) -> Path | None:
-        """Where a volume a workspace mounts lives here: a hostPath as is, a claim as its folder."""
-        if not volume_source:
-            return None
-        if "hostPath" in volume_source:
-            return Path(volume_source["hostPath"]["path"]).resolve()
-        claim = (volume_source.get("persistentVolumeClaim") or {}).get("claimName")
-        if claim:
-            return self._object_folder(("PersistentVolumeClaim", namespace, claim))
-        return None
-
+    # -- the other objects (local_objects.py) ---------------------------------------------
     def apply_objects(
         self, desired: dict[ObjectKey, ObjectPlan], keep: set[ObjectKey], prune: bool
     ) -> ObjectsResult:
-        result = ObjectsResult()
-        for key, plan in desired.items():
-            if key[0] not in LOCAL_KINDS:
-                result.health[key] = "not applicable locally"
-                continue
-            folder = self._object_folder(key)
-            if key[0] == "PersistentVolumeClaim":
-                if not folder.is_dir():
-                    folder.mkdir(parents=True)
-                    result.writes += 1
-                    result.applied.append(f"{key[0]} {key[1]}/{key[2]} -> {folder}")
-                result.health[key] = "Bound"
-                continue
-            data = {k: str(v) for k, v in (plan.body.get("data") or {}).items()}
-            have = {f.name: f.read_text() for f in folder.glob("*") if f.is_file()} if folder.is_dir() else {}
-            if have != data:
-                folder.mkdir(parents=True, exist_ok=True)
-                for name in set(have) - set(data):
-                    (folder / name).unlink()
-                for name, text in data.items():
-                    (folder / name).write_text(text)
-                result.writes += 1
-                result.applied.append(f"{key[0]} {key[1]}/{key[2]} -> {folder}")
-            result.health[key] = "Applied"
-        live = {
-            (kind, f.parent.name, f.name)
-            for kind, sub in LOCAL_KINDS.items()
-            for f in (self.state_dir / sub).glob("*/*")
-            if f.is_dir()
-        }
-        gone = sorted(live - set(desired) - keep)
-        if gone and not prune:
-            result.held = gone
-            return result
-        for key in gone:  # a claim's data goes with it, as a PVC's does with the Delete reclaim policy
-            shutil.rmtree(self._object_folder(key), ignore_errors=True)
-            result.writes += 1
-            result.deleted.append(f"{key[0]} {key[1]}/{key[2]}")
-        return result
-
-    def secret_file(self, namespace: str, name: str | None, key: str) -> Path | None:
-        """A key of a Secret's local stand-in, when the user made one."""
-        if not name:
-            return None
-        path = self.state_dir / SECRETS / namespace / name / key
-        return path if path.is_file() else None
+        return self.stand_ins.apply(desired, keep, prune)
 
     def missing(self, refs: list[Reference]) -> list[Reference]:
-        """Claims and ConfigMaps without their folder. Secrets are optional here: without a stand-in
-        the workload runs without them (no push, no gated download) and status says so."""
-        return [r for r in refs if r.kind in LOCAL_KINDS and not self._object_folder(r.key).is_dir()]
+        return self.stand_ins.missing(refs)
 
     # -- building commands ----------------------------------------------------------------
     def _refuse(self, plan: WorkspacePlan) -> str:
@@ -375,7 +303,7 @@ class LocalTarget:
         folder.mkdir(parents=True, exist_ok=True)
         env = {"HF_HOME": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
         preset = plan.workspace.preset
-        token = self.secret_file(ns, preset.model_access_secret if preset else None, "HF_TOKEN")
+        token = self.stand_ins.secret_file(ns, preset.model_access_secret if preset else None, "HF_TOKEN")
         if token is not None:  # as the pod's secretKeyRef would; never logged
             env["HF_TOKEN"] = token.read_text().strip()
         if plan.kind == "inference":
@@ -397,9 +325,9 @@ class LocalTarget:
                 continue
             if a.source.image:
                 steps.append(self._pull(a.source.image, adapters / a.source.name, "adapter"))
-            elif self.volume_path(a.source.volume_source, plan.workspace.namespace) is not None:
+            elif self.stand_ins.volume_path(a.source.volume_source, plan.workspace.namespace) is not None:
                 (adapters / a.source.name).symlink_to(
-                    self.volume_path(a.source.volume_source, plan.workspace.namespace)
+                    self.stand_ins.volume_path(a.source.volume_source, plan.workspace.namespace)
                 )
         return steps
 
@@ -441,15 +369,15 @@ class LocalTarget:
         steps: list[list[str]] = []
         data = folder / "data"
         ns = plan.workspace.namespace
-        if t.input and self.volume_path(t.input.volume_source, ns) is not None:
-            data = self.volume_path(t.input.volume_source, ns)
+        if t.input and self.stand_ins.volume_path(t.input.volume_source, ns) is not None:
+            data = self.stand_ins.volume_path(t.input.volume_source, ns)
         elif t.input and t.input.urls:
             steps.append([self.python, "-m", "runtime.data", "fetch", "--dest", str(data), *t.input.urls])
         elif t.input and t.input.image:
             steps.append(self._pull(t.input.image, data, "any"))
         output = folder / "output"
-        if t.output and self.volume_path(t.output.volume_source, ns) is not None:
-            output = self.volume_path(t.output.volume_source, ns)
+        if t.output and self.stand_ins.volume_path(t.output.volume_source, ns) is not None:
+            output = self.stand_ins.volume_path(t.output.volume_source, ns)
         output.mkdir(parents=True, exist_ok=True)
         cm = next(o for o in plan.objects if o["kind"] == "ConfigMap")
         config = folder / "training_config.yaml"
@@ -478,7 +406,7 @@ class LocalTarget:
             str(progress),
         ]
         docker_config = self.docker_config
-        pushed_with = self.secret_file(
+        pushed_with = self.stand_ins.secret_file(
             ns, t.output.image_push_secret if t.output else None, ".dockerconfigjson"
         )
         if pushed_with is not None:
@@ -487,7 +415,7 @@ class LocalTarget:
             skipped.append(
                 f"the adapter is not pushed to {t.output.image}: set KAITO_GITOPS_DOCKER_CONFIG to a "
                 "dockerconfigjson file with push credentials for that registry, or put it at "
-                f"{self.state_dir / SECRETS / ns / (t.output.image_push_secret or '<secret>') / '.dockerconfigjson'} "
+                f"{self.stand_ins.secrets / ns / (t.output.image_push_secret or '<secret>') / '.dockerconfigjson'} "
                 "(the imagePushSecret's local stand-in); it stays in " + str(output)
             )
         if t.output and t.output.image and docker_config:
