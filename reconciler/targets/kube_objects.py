@@ -172,19 +172,25 @@ class ObjectApplier:
             except (ApiException, DynamicApiError) as e:
                 if getattr(e, "status", None) != 404:
                     raise
-        would = _body(
+        return live, self._apply_one(res, plan, dry_run=True)
+
+    def _apply_one(self, res, plan: ObjectPlan, dry_run: bool = False) -> dict:
+        """Server-side apply, forced (git wins); with `dry_run`, what the server would store."""
+        extra = {"dry_run": "All"} if dry_run else {}
+        stored = _body(
             self.dyn.server_side_apply(
                 res,
                 body=plan.body,
-                name=key[2],
-                namespace=key[1] or None,
+                name=plan.key[2],
+                namespace=plan.key[1] or None,
                 field_manager=FIELD_MANAGER,
                 force_conflicts=True,
-                dry_run="All",
                 _request_timeout=self.timeout,
+                **extra,
             )
         )
-        return live, would
+        stored.get("metadata", {}).pop("managedFields", None)
+        return stored
 
     # -- writing ---------------------------------------------------------------------------
     def _needs_write(self, plan: ObjectPlan, live: dict | None) -> str | None:
@@ -215,22 +221,11 @@ class ObjectApplier:
                 continue
             res = self._resource(plan.source.api_version, plan.source.kind)
             try:
-                stored = _body(
-                    self.dyn.server_side_apply(
-                        res,
-                        body=plan.body,
-                        name=key[2],
-                        namespace=key[1] or None,
-                        field_manager=FIELD_MANAGER,
-                        force_conflicts=True,
-                        _request_timeout=self.timeout,
-                    )
-                )
+                stored = self._apply_one(res, plan)
             except (ApiException, DynamicApiError) as e:
                 result.errors[key] = _problem(e)
                 log.warning("object not applied", object=key_text(key), error=result.errors[key])
                 continue
-            stored.get("metadata", {}).pop("managedFields", None)
             self.live[key] = stored
             self._versions[key[0]] = plan.source.api_version
             result.writes += 1
