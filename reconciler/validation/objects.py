@@ -180,12 +180,15 @@ def missing_references(ws: Workspace, objects: dict[ObjectKey, KubeObject]) -> l
         if ref.key in seen or provided_by(objects, ref):
             continue
         seen.add(ref.key)
+        what = (
+            "is not in the repository (rightly: Secrets do not belong in git); create it in the cluster, or "
+            "commit a SealedSecret or ExternalSecret for it"
+            if ref.kind == "Secret"
+            else "is not in the repository; the workspace waits until it exists in the cluster"
+        )
         out.append(
             ws.document.finding(
-                ref.field,
-                "object-reference-missing",
-                f"{_ref_text(ref)} is not in the repository; the workspace waits until it exists in the cluster",
-                Severity.WARNING,
+                ref.field, "object-reference-missing", f"{_ref_text(ref)} {what}", Severity.WARNING
             )
         )
     return out
