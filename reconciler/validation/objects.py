@@ -103,6 +103,15 @@ def check_object(obj: KubeObject, policy: kinds.ObjectPolicy, crd_kinds: dict[st
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _definitions(folder: str, version: str):
+    """The shared definitions every kind's schema refers to (several MiB parsed): once per version."""
+    from kubernetes_validate import utils
+    from referencing import Resource
+
+    return Resource.from_contents(utils.schema_contents(f"{folder}/_definitions.json", version))
+
+
 @functools.lru_cache(maxsize=256)
 def _validator(kind: str, api_version: str, version: str) -> jsonschema.protocols.Validator | None:
     """kubernetes-validate's strict schema for one kind, built once (it rebuilds it on every call)."""
@@ -121,8 +130,7 @@ def _validator(kind: str, api_version: str, version: str) -> jsonschema.protocol
         schema = utils.schema_contents(f"{folder}/{kind.lower()}-{group_version}.json", version)
     except (FileNotFoundError, utils.VersionNotSupportedError):
         return None
-    defs = utils.schema_contents(f"{folder}/_definitions.json", version)
-    registry = Resource.from_contents(defs) @ (Resource.from_contents(schema) @ Registry())
+    registry = _definitions(folder, version) @ (Resource.from_contents(schema) @ Registry())
     return jsonschema.validators.Draft202012Validator(schema, registry=registry)
 
 
