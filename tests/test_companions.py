@@ -643,3 +643,14 @@ def test_health_words(kind, status, word):
     from reconciler.targets.kube_objects import health
 
     assert health(kind, {"status": status}) == word
+
+
+def test_a_sops_encrypted_secret_is_left_alone_with_a_warning(validate):
+    sops = (
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: hf}\nstringData:\n  HF_TOKEN: ENC[AES256_GCM,data:abc=]\n"
+        "sops:\n  version: 3.9.0\n  age: [{recipient: age1xyz}]\n"
+    )
+    rev = validate({"s.yaml": sops})
+    [f] = rev.findings
+    assert (f.rule, f.is_error, f.line, f.col) == ("document-ignored", False, 6, 1) and "SOPS" in f.message
+    assert not rev.objects

@@ -116,6 +116,15 @@ def _ignored(doc: Document) -> Finding | None:
         return doc.finding(
             (), "document-ignored", "not a Kubernetes object (no apiVersion/kind); ignored", Severity.WARNING
         )
+    if doc.kind == "Secret" and isinstance(doc.data.get("sops"), dict):
+        return doc.finding(
+            ("sops",),
+            "document-ignored",
+            "a SOPS-encrypted Secret: kaito-gitops does not decrypt SOPS, so it is not applied; let a tool that "
+            "decrypts it apply it (Flux's kustomize-controller, or `sops -d ... | kubectl apply -f -`)",
+            Severity.WARNING,
+            at_key=True,
+        )
     if kinds.group_of(doc.api_version) == kinds.KAITO_GROUP and doc.kind != "Workspace":
         return doc.finding(
             ("kind",),
