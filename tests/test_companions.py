@@ -654,3 +654,13 @@ def test_a_sops_encrypted_secret_is_left_alone_with_a_warning(validate):
     [f] = rev.findings
     assert (f.rule, f.is_error, f.line, f.col) == ("document-ignored", False, 6, 1) and "SOPS" in f.message
     assert not rev.objects
+
+
+def test_without_kubernetes_schemas_validate_says_it_did_not_check_them(validate, monkeypatch):
+    from reconciler.validation import objects as object_rules
+
+    monkeypatch.setattr(object_rules, "schemas_available", lambda: False)  # as on a base install
+    rev = validate({"a.yaml": cm("one"), "b.yaml": cm("two")})
+    [f] = rev.findings
+    assert f.rule == "object-schema-unchecked" and not f.is_error and "kaito-gitops[schemas]" in f.message
+    assert len(rev.valid_objects()) == 2

@@ -1030,8 +1030,9 @@ def test_the_daemon_image_is_slim_non_root_and_runs_the_cli():
     assert ("ENTRYPOINT", '["kaito-gitops"]') in ins and ("CMD", '["run"]') in ins
     code = "\n".join(r for _, r in ins)
     assert re.search(r"apt-get install [^\n]*\bgit\b", code)
-    pip = re.search(r"pip install --no-cache-dir[^&\n]* \.(\s|$)", code)
+    pip = re.search(r"pip install --no-cache-dir[^&\n]* \"?\.(\[schemas\])?\"?(\s|$)", code)
     assert pip, "installs the project from the build context"
+    assert "[schemas]" in pip.group(0), "with Kubernetes' schemas for the other objects (docs/objects.md)"
     assert "[ml]" not in code and "torch" not in code, "the daemon image has no ML stack"
     assert all("slim" in ref for ref in base_images("daemon"))
 

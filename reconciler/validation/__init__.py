@@ -7,11 +7,12 @@ the daemon feeds it blobs from a git revision, and both get the same findings.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import kinds
 from ..catalog import Catalog, load_catalog
 from ..companions import KubeObject, ObjectKey
+from ..evals.suite import is_suite_path, read_suite, unknown_workspaces
 from ..findings import Finding, Severity
 from ..loading import Document, load_text
 from ..workspace import ConfigMap, Workspace
@@ -38,6 +39,7 @@ class Revision:
     objects: dict[ObjectKey, KubeObject] = field(default_factory=dict)
     invalid_objects: set[ObjectKey] = field(default_factory=set)  # not applied: an error names why
     object_findings: dict[ObjectKey, list[Finding]] = field(default_factory=dict)  # the errors, by object
+    suites: list = field(default_factory=list)  # evals/*.yaml (evals.suite.EvalSuite), valid or not
 
     def findings_of(self, ws: Workspace) -> list[Finding]:
         return self.workspace_findings.get(id(ws), [])
@@ -110,6 +112,18 @@ def _read_settings(rev: Revision, path: str, raw: bytes, max_file_bytes: int | N
         rev.settings = doc
 
 
+def _read_suites(rev: Revision, path: str, raw: bytes, max_file_bytes: int | None, namespace: str) -> None:
+    """An eval suite file (evals/*.yaml): one suite per YAML document, checked, never applied."""
+    loaded = load_text(path, raw) if max_file_bytes is None else load_text(path, raw, max_file_bytes)
+    rev.file_findings.extend(loaded.findings)
+    for doc in loaded.documents:
+        if doc.data is None:
+            continue
+        suite = read_suite(doc, namespace)
+        rev.suites.append(suite)
+        rev.file_findings.extend(suite.errors)
+
+
 def _ignored(doc: Document) -> Finding | None:
     """A document that is not an object we apply: said once, as a warning, and left alone."""
     if not doc.kind and not doc.api_version and not ({"metadata", "spec", "data"} & set(doc.data)):
@@ -149,6 +163,18 @@ def _check_objects(
             continue
         readable.append((doc, KubeObject.read(doc, namespace)))
     crds = object_rules.crd_kinds([o for _, o in readable])
+    if not object_rules.schemas_available():
+        builtin = next((o for _, o in readable if o.info is not None and not o.info.crd), None)
+        if builtin is not None:
+            rev.file_findings.append(
+                builtin.document.finding(
+                    (),
+                    "object-schema-unchecked",
+                    "Kubernetes' schemas are not installed, so objects other than workspaces were not checked "
+                    "against them: pip install 'kaito-gitops[schemas]'",
+                    Severity.WARNING,
+                )
+            )
     owners = {k: ws for ws in rev.workspaces if ws.name for k in object_rules.workspace_object_keys(ws)}
     version = rev.kubernetes_version
     for doc, obj in readable:
@@ -205,6 +231,9 @@ def validate_sources(
         rev.files.append(path)
         if path.replace("\\", "/").rsplit("/", 1)[-1] == SETTINGS_FILE:
             _read_settings(rev, path, raw, max_file_bytes)
+            continue
+        if is_suite_path(path):
+            _read_suites(rev, path, raw, max_file_bytes, namespace)
             continue
         ckey = (path, raw, max_file_bytes)
         hit = cache.get(ckey) if cache is not None else None
@@ -272,6 +301,12 @@ def validate_sources(
                         )
                     )
     _check_objects(rev, object_docs, policy or kinds.ObjectPolicy(), namespace)
+    known = {ws.key for ws in rev.workspaces if ws.name}
+    for i, suite in enumerate(rev.suites):
+        missing = unknown_workspaces(suite, known) if suite.valid else []
+        if missing:
+            rev.suites[i] = replace(suite, errors=(*suite.errors, *missing))
+            rev.file_findings.extend(missing)
     for ws in rev.workspaces:
         rev.workspace_findings[id(ws)].extend(object_rules.missing_references(ws, rev.objects))
     if base is not None:

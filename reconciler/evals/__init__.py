@@ -1,0 +1,1 @@
+"""Eval suites: cases a model must answer and thresholds a change must keep (docs/evals.md)."""
