@@ -252,9 +252,10 @@ def register(sub, add_common) -> None:
     _add_render_options(p)
     p.set_defaults(func=cmd_plan)
 
-    from . import runcmd
+    from . import evalcmd, runcmd
 
     runcmd.register(sub)
+    evalcmd.register(sub, add_common)
 
     p = sub.add_parser(
         "status", help="print workspace status from the status branch, like kubectl get workspace"

@@ -260,6 +260,12 @@ class LocalTarget:
             notes=tuple(self._notes.get(key, ())),
         )
 
+    def failed(self, key: WorkspaceKey) -> str:
+        """Why a workload will not come up (refused, or out of retries); '' while it may."""
+        with self._lock:
+            w = self.workloads.get(key)
+        return (w.error or "failed") if w is not None and w.state == "Failed" else ""
+
     def close(self) -> None:
         with self._lock:
             workloads = list(self.workloads.values())

@@ -303,7 +303,7 @@ def validate_sources(
     _check_objects(rev, object_docs, policy or kinds.ObjectPolicy(), namespace)
     known = {ws.key for ws in rev.workspaces if ws.name}
     for i, suite in enumerate(rev.suites):
-        missing = unknown_workspaces(suite, known) if suite.valid else []
+        missing = unknown_workspaces(suite, known)
         if missing:
             rev.suites[i] = replace(suite, errors=(*suite.errors, *missing))
             rev.file_findings.extend(missing)

@@ -105,6 +105,10 @@ def _message(err: ValidationError) -> tuple[str, str]:
         return "schema-pattern", f"{err.instance!r} does not match {err.validator_value}"
     if v == "minimum":
         return "schema-range", f"must be at least {err.validator_value}, not {err.instance}"
+    if v == "maximum":
+        return "schema-range", f"must be at most {err.validator_value}, not {err.instance}"
+    if v == "exclusiveMinimum":
+        return "schema-range", f"must be more than {err.validator_value}, not {err.instance}"
     if v == "minProperties":
         return "schema-required", "must set at least one field"
     if v == "propertyNames":

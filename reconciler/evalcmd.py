@@ -1,0 +1,165 @@
+"""`kaito-gitops eval PATH --target local`: deploy what the eval suites test, ask, score, report.
+
+The workspaces the suites name run as real local processes (the local target, as `run --target
+local` runs them); each suite's cases go to the real endpoint one at a time, then its load
+section concurrently. Processes are stopped afterwards, on errors, Ctrl-C and SIGTERM too.
+Exit 0 when every suite's thresholds hold, 1 when one does not (or could not run), 2 for usage
+errors. With `--format json`, stdout is exactly one JSON object; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _say(text: str) -> None:
+    print(f"kaito-gitops eval: {text}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (and SIGHUP) stop an eval like Ctrl-C: the finally blocks stop every process."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def wait_ready(target, key, plan, timeout: float) -> tuple[str, str]:
+    """(endpoint, '') once the workspace serves, or ('', why not) at a refusal or the timeout."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        obs = target.observe(key, plan)
+        if obs.endpoint:
+            return obs.endpoint, ""
+        refused = target.failed(key)
+        if refused:
+            return "", f"{key[0]}/{key[1]} did not start: {refused}"
+        last = obs.process_error or last
+        time.sleep(0.25)
+    return "", f"{key[0]}/{key[1]} was not ready after {timeout:g} s" + (f" (last: {last})" if last else "")
+
+
+def run_suites(rev, state, suites, target, timeout: float) -> list:
+    """Every suite against every workspace it names; one result each, errors included."""
+    from .evals.scoring import SuiteResult
+    from .targets.probe import Probe
+
+    t0 = time.perf_counter()
+    wanted = sorted({k for s in suites if s.valid for k in s.workspaces if k in state.plans})
+    target.apply_objects(state.objects, set(), prune=False)
+    for key in wanted:
+        _say(f"starting {key[0]}/{key[1]}")
+        target.apply(state.plans[key])
+    ready: dict = {}
+    for key in wanted:
+        ready[key] = wait_ready(target, key, state.plans[key], timeout)
+        if ready[key][0]:
+            _say(f"{key[0]}/{key[1]} is ready at {ready[key][0]} ({time.perf_counter() - t0:.1f} s)")
+    start_seconds = time.perf_counter() - t0
+    results = []
+    for suite in suites:
+        if not suite.valid:
+            first = next(f for f in suite.errors if f.is_error)
+            results.append(SuiteResult(suite, "", [], error=f"invalid suite: {first.text()}"))
+            continue
+        for key in suite.workspaces:
+            name = f"{key[0]}/{key[1]}"
+            plan = state.plans.get(key)
+            if plan is None or plan.kind != "inference":
+                why = "is not valid" if plan is None else "is not an inference workspace"
+                results.append(SuiteResult(suite, name, [], error=f"workspace {name} {why}"))
+                continue
+            endpoint, why = ready[key]
+            if not endpoint:
+                results.append(SuiteResult(suite, name, [], error=why, start_seconds=start_seconds))
+                continue
+            probe = Probe(endpoint)
+            try:
+                _say(f"{suite.name} on {name}: {len(suite.cases)} case(s)")
+                cases = [probe.run_case(c) for c in suite.cases]
+                result = SuiteResult(suite, name, cases, start_seconds=start_seconds)
+                if suite.load is not None:
+                    _say(
+                        f"{suite.name} on {name}: {suite.load.requests} request(s), {suite.load.concurrency} at a time"
+                    )
+                    seconds, tokens, latencies, failed = probe.run_load(suite.load)
+                    result.load_seconds, result.load_tokens = seconds, tokens
+                    result.load_latencies_ms, result.load_failed = latencies, failed
+            finally:
+                probe.close()
+            results.append(result)
+    return results
+
+
+def cmd_eval(args) -> int:
+    from .cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, _load
+    from .cli_commands import _print_findings
+    from .evals.report import as_json, markdown, text
+    from .planning import plan_revision
+    from .targets.local import LocalTarget
+
+    if args.target != "local":
+        raise UsageError(
+            "--target local is the only eval target for now (kubernetes previews: docs/evals.md)"
+        )
+    rev = _load(args.paths, args, target="local")
+    suites = [s for s in rev.suites if not args.suite or s.name in args.suite]
+    if not suites:
+        raise UsageError(f"no eval suites (evals/*.yaml) under {' '.join(args.paths)}")
+    _print_findings(rev, stream=sys.stderr)
+    state = plan_revision(rev)
+    folder = (
+        Path(args.local_state_dir) if args.local_state_dir else Path(tempfile.mkdtemp(prefix="kaito-eval-"))
+    )
+    t0 = time.perf_counter()
+    target = LocalTarget(folder)
+    try:
+        with _sigterm_interrupts():
+            results = run_suites(rev, state, suites, target, args.timeout)
+    except KeyboardInterrupt:
+        _say("interrupted: stopping every process it started")
+        return EXIT_USAGE
+    finally:
+        target.close()
+    seconds = time.perf_counter() - t0
+    if args.format == "json":
+        print(json.dumps(as_json(results, seconds)))
+    elif args.format == "markdown":
+        print(markdown(results))
+    else:
+        print(text(results, seconds))
+    return EXIT_OK if all(r.thresholds_met for r in results) else EXIT_FINDINGS
+
+
+def register(sub, add_common) -> None:
+    p = sub.add_parser(
+        "eval", help="run the eval suites (evals/*.yaml) against their workspaces, served locally"
+    )
+    p.add_argument("paths", nargs="*", default=["."], help="the repository, or folders in it")
+    p.add_argument("--target", default="local", help="where to serve the workspaces: local (real processes)")
+    p.add_argument(
+        "--suite", action="append", metavar="NAME", help="only this suite (its file name; repeatable)"
+    )
+    p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds a workspace may take to become ready"
+    )
+    p.add_argument(
+        "--local-state-dir", help="where the processes keep logs and data (default: a temporary folder)"
+    )
+    add_common(p)
+    p.set_defaults(func=cmd_eval)
