@@ -90,8 +90,10 @@ def run_suites(rev, state, suites, target, timeout: float) -> list:
             probe = Probe(endpoint)
             try:
                 _say(f"{suite.name} on {name}: {len(suite.cases)} case(s)")
+                t_cases = time.perf_counter()
                 cases = [probe.run_case(c) for c in suite.cases]
                 result = SuiteResult(suite, name, cases, start_seconds=start_seconds)
+                result.cases_seconds = time.perf_counter() - t_cases
                 if suite.load is not None:
                     _say(
                         f"{suite.name} on {name}: {suite.load.requests} request(s), {suite.load.concurrency} at a time"

@@ -107,7 +107,8 @@ class SuiteResult:
     load_latencies_ms: list[float] | None = None
     load_failed: int = 0
     error: str = ""  # the suite could not run (invalid, the model never became ready, ...)
-    start_seconds: float = 0.0
+    start_seconds: float = 0.0  # from the eval's start until every workspace served
+    cases_seconds: float = 0.0
 
     @property
     def passed(self) -> int:
@@ -173,4 +174,9 @@ class SuiteResult:
             }
             if self.load_latencies_ms is not None
             else None,
+            "timing_seconds": {
+                "start": round(self.start_seconds, 2),
+                "cases": round(self.cases_seconds, 2),
+                "load": round(self.load_seconds, 2),
+            },
         }
