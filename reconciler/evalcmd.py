@@ -107,12 +107,23 @@ def run_suites(rev, state, suites, target, timeout: float) -> list:
     return results
 
 
-def cmd_eval(args) -> int:
-    from .cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, _load
-    from .cli_commands import _print_findings
-    from .evals.report import as_json, markdown, text
+def _evaluate(rev, suites, folder: Path, timeout: float) -> list:
+    """Serve `rev`'s workspaces the suites name under `folder`, run the suites, stop everything."""
     from .planning import plan_revision
     from .targets.local import LocalTarget
+
+    target = LocalTarget(folder)
+    try:
+        with _sigterm_interrupts():
+            return run_suites(rev, plan_revision(rev), suites, target, timeout)
+    finally:
+        target.close()
+
+
+def cmd_eval(args) -> int:
+    from .cli import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, UsageError, _load, _load_base
+    from .cli_commands import _print_findings
+    from .evals.report import as_json, markdown, text
 
     if args.target != "local":
         raise UsageError(
@@ -123,27 +134,28 @@ def cmd_eval(args) -> int:
     if not suites:
         raise UsageError(f"no eval suites (evals/*.yaml) under {' '.join(args.paths)}")
     _print_findings(rev, stream=sys.stderr)
-    state = plan_revision(rev)
+    base_rev = _load_base(args.paths, args.base, args) if args.base else None
     folder = (
         Path(args.local_state_dir) if args.local_state_dir else Path(tempfile.mkdtemp(prefix="kaito-eval-"))
     )
     t0 = time.perf_counter()
-    target = LocalTarget(folder)
+    base = None
     try:
-        with _sigterm_interrupts():
-            results = run_suites(rev, state, suites, target, args.timeout)
+        if base_rev is not None:
+            _say(f"base: the workspaces at {args.base}")
+            base = _evaluate(base_rev, suites, folder / "base", args.timeout)
+            _say("head: the workspaces as they are in the files")
+        results = _evaluate(rev, suites, folder / "head" if base_rev is not None else folder, args.timeout)
     except KeyboardInterrupt:
-        _say("interrupted: stopping every process it started")
+        _say("interrupted: every process it started is stopped")
         return EXIT_USAGE
-    finally:
-        target.close()
     seconds = time.perf_counter() - t0
     if args.format == "json":
-        print(json.dumps(as_json(results, seconds)))
+        print(json.dumps(as_json(results, seconds, base)))
     elif args.format == "markdown":
-        print(markdown(results))
+        print(markdown(results, base))
     else:
-        print(text(results, seconds))
+        print(text(results, seconds, base))
     return EXIT_OK if all(r.thresholds_met for r in results) else EXIT_FINDINGS
 
 
@@ -157,6 +169,11 @@ def register(sub, add_common) -> None:
         "--suite", action="append", metavar="NAME", help="only this suite (its file name; repeatable)"
     )
     p.add_argument("--format", choices=["text", "json", "markdown"], default="text")
+    p.add_argument(
+        "--base",
+        metavar="REV",
+        help="also run the suites against the workspaces at git revision REV: base, head, delta",
+    )
     p.add_argument(
         "--timeout", type=float, default=600.0, help="seconds a workspace may take to become ready"
     )

@@ -249,3 +249,32 @@ def test_eval_usage_errors_exit_2(tmp_path):
         [sys.executable, "-m", "reconciler", "eval", str(tmp_path)], capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 2 and "no eval suites (evals/*.yaml)" in done.stderr
+
+
+@pytest.mark.ml
+@pytest.mark.slow
+def test_with_base_each_figure_is_shown_for_base_and_head(tmp_path, smollm_cache):
+    repo = tmp_path / "repo"
+    (repo / "evals").mkdir(parents=True)
+    (repo / "ws.yaml").write_text(SMOL)
+    (repo / "evals" / "smollm2.yaml").write_text(SUITE.replace("requests: 8", "requests: 2"))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@x"
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "base"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env)
+    # the change under review swaps in a model this machine cannot serve: head cannot answer at all
+    head = SMOL.replace("name: smollm2-135m-instruct", "name: gpt-oss-120b").replace(
+        "instanceType: Standard_NV36ads_A10_v5", "instanceType: Standard_NC48ads_A100_v4"
+    )
+    (repo / "ws.yaml").write_text(head)
+    done = eval_cli(repo, tmp_path, smollm_cache, "--base", "HEAD", "--format", "json")
+    assert done.returncode == 1, done.stderr[-2000:]
+    [suite] = json.loads(done.stdout)["suites"]
+    assert suite["base"]["pass_rate"] == 1.0 and suite["base"]["thresholds_met"], suite["base"]
+    assert suite["error"].startswith("default/smollm2 did not start") and suite["pass_rate"] == 0.0
+    assert suite["delta"]["pass_rate"] == -1.0 and suite["delta"]["p50_latency_ms"] is None
+    assert no_process_left(tmp_path / "state")
+    done = eval_cli(repo, tmp_path, smollm_cache, "--base", "HEAD", "--format", "markdown")
+    assert "| pass rate (base → head) |" in done.stdout and "| 100% → 0% (-100%) |" in done.stdout, (
+        done.stdout
+    )
