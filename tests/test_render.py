@@ -205,6 +205,7 @@ def test_render_cli_writes_one_file_per_object_and_removes_stale(tmp_path, capsy
     # the same files again: nothing is rewritten; a workspace whose file went loses its folder
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.yaml")}
     (copy / "local" / "smollm2.yaml").unlink()
+    (copy / "evals" / "smollm2.yaml").unlink()  # its eval suite goes with it (else: eval-workspace-unknown)
     capsys.readouterr()
     assert main(["render", str(copy), "--out", str(out)]) == 0
     assert "removed default/smollm2" in capsys.readouterr().err
