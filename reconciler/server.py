@@ -25,6 +25,10 @@ from .source.webhook import Answer, PullRequestEvent, PushEvent, WebhookReceiver
 log = structlog.get_logger("kaito_gitops.server")
 
 
+# How far past the body cap a delivery is still read (and dropped) so its sender gets a clean 413.
+_DRAIN_FACTOR = 4
+
+
 class OpsServer:
     def __init__(
         self,
@@ -110,11 +114,23 @@ class OpsServer:
     async def _webhook(self, request: Request) -> Response:
         if self.receiver is None:
             return JSONResponse({"message": "webhooks are not configured"}, status_code=404)
+        cap = self.receiver.max_body
+        too_big = JSONResponse({"message": f"body over {cap} bytes"}, status_code=413)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > _DRAIN_FACTOR * cap:
+            return too_big  # not worth reading: the sender may see a reset instead of the 413
         body = bytearray()
-        async for chunk in request.stream():  # stop reading at the cap instead of buffering a huge body
-            body += chunk
-            if len(body) > self.receiver.max_body:
-                return JSONResponse({"message": f"body over {self.receiver.max_body} bytes"}, status_code=413)
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen <= cap:
+                body += chunk
+            elif seen > _DRAIN_FACTOR * cap:
+                return too_big
+        # Past the cap the rest is read and dropped, not buffered: answering before the sender has
+        # finished makes the socket close with unread data, and the sender sees a reset, not a 413.
+        if seen > cap:
+            return too_big
         answer: Answer = self.receiver.handle(dict(request.headers), bytes(body))
         if answer.status in (401, 413, 400):
             log.warning(
