@@ -53,6 +53,37 @@ def wait_ready(target, key, plan, timeout: float) -> tuple[str, str]:
     return "", f"{key[0]}/{key[1]} was not ready after {timeout:g} s" + (f" (last: {last})" if last else "")
 
 
+def _settled(target, key, plan, seconds: float = 3.0):
+    """What the target sees once it had time to notice a failure (the local target checks its
+    processes twice a second): a request that failed while the endpoint still looks ready."""
+    deadline = time.monotonic() + seconds
+    obs = target.observe(key, plan)
+    while obs.endpoint and time.monotonic() < deadline:
+        time.sleep(0.25)
+        obs = target.observe(key, plan)
+    return obs
+
+
+def _ask(probe, suite, target, key, plan) -> tuple[list, str]:
+    """The suite's cases one at a time; stops at a server that went away, saying so (the
+    remaining cases would only fail the same way, after their timeouts)."""
+    cases = []
+    for i, case in enumerate(suite.cases):
+        result = probe.run_case(case)
+        cases.append(result)
+        if result.passed or not result.why.startswith("request failed"):
+            continue
+        obs = _settled(target, key, plan)
+        if not obs.endpoint:
+            why = target.failed(key) or obs.process_error or "its process exited"
+            left = len(suite.cases) - i - 1
+            return cases, (
+                f"{key[0]}/{key[1]} stopped serving during the suite, at case {case.id} ({why})"
+                + (f"; {left} case(s) not run" if left else "")
+            )
+    return cases, ""
+
+
 def run_suites(rev, state, suites, target, timeout: float) -> list:
     """Every suite against every workspace it names; one result each, errors included."""
     from .evals.scoring import SuiteResult
@@ -84,17 +115,21 @@ def run_suites(rev, state, suites, target, timeout: float) -> list:
                 results.append(SuiteResult(suite, name, [], error=f"workspace {name} {why}"))
                 continue
             endpoint, why = ready[key]
+            if endpoint and not target.observe(key, plan).endpoint:
+                # it stopped during an earlier suite: the target restarts it; this suite waits for that
+                _say(f"{name} is not serving; waiting for it to come back")
+                endpoint, why = wait_ready(target, key, plan, timeout)
             if not endpoint:
                 results.append(SuiteResult(suite, name, [], error=why, start_seconds=start_seconds))
                 continue
-            probe = Probe(endpoint)
+            probe = Probe(endpoint, adapter=suite.adapter)
             try:
                 _say(f"{suite.name} on {name}: {len(suite.cases)} case(s)")
                 t_cases = time.perf_counter()
-                cases = [probe.run_case(c) for c in suite.cases]
-                result = SuiteResult(suite, name, cases, start_seconds=start_seconds)
+                cases, stopped = _ask(probe, suite, target, key, plan)
+                result = SuiteResult(suite, name, cases, start_seconds=start_seconds, error=stopped)
                 result.cases_seconds = time.perf_counter() - t_cases
-                if suite.load is not None:
+                if suite.load is not None and not stopped:
                     _say(
                         f"{suite.name} on {name}: {suite.load.requests} request(s), {suite.load.concurrency} at a time"
                     )

@@ -80,6 +80,18 @@ def test_bad_suites_get_clear_errors_at_their_lines(validate):
     assert not rev.suites[0].valid and rev.valid_workspaces(), "a bad suite never affects workspaces"
 
 
+def test_a_suite_adapter_must_be_one_the_workspace_serves(validate):
+    with_adapter = (
+        SMOL + "  adapters:\n    - source:\n        name: geo\n        image: 127.0.0.1:5000/a/geo:1\n"
+    )
+    suite = "workspaces: [smollm2]\nadapter: geography\ncases: [{id: a, prompt: hi, contains: x}]\n"
+    rev = validate({"ws.yaml": with_adapter, "evals/s.yaml": suite})
+    [f] = [f for f in rev.findings if f.path == "evals/s.yaml"]
+    assert (f.line, f.col, f.rule) == (2, 10, "eval-adapter-unknown") and "its adapters: geo" in f.message
+    rev = validate({"ws.yaml": with_adapter, "evals/s.yaml": suite.replace("geography", "geo")})
+    assert rev.findings == [] and rev.suites[0].adapter == "geo"
+
+
 def test_a_suite_is_not_a_kubernetes_object(validate):
     rev = validate(
         {"evals/s.yaml": SUITE.replace("[smollm2]", "[x]"), "x.yaml": SMOL.replace("smollm2\n", "x\n")}
@@ -278,3 +290,54 @@ def test_with_base_each_figure_is_shown_for_base_and_head(tmp_path, smollm_cache
     assert "| pass rate (base → head) |" in done.stdout and "| 100% → 0% (-100%) |" in done.stdout, (
         done.stdout
     )
+
+
+@pytest.mark.ml
+@pytest.mark.slow
+def test_a_server_that_crashes_mid_suite_is_reported_and_the_next_suite_still_runs(tmp_path, smollm_cache):
+    """The server is killed while a suite asks it: that suite says so and stops asking; the target
+    restarts the server and the next suite waits for it, runs, and is reported; nothing is left."""
+    import signal
+    import time
+
+    repo = tmp_path / "repo"
+    (repo / "evals").mkdir(parents=True)
+    (repo / "ws.yaml").write_text(SMOL)
+    many = "".join(
+        f"  - {{id: q{i}, prompt: 'Count to {i}.', max_tokens: 24, regex: '.'}}\n" for i in range(12)
+    )
+    (repo / "evals" / "a-crash.yaml").write_text(f"workspaces: [smollm2]\ncases:\n{many}")
+    (repo / "evals" / "b-after.yaml").write_text(
+        "workspaces: [smollm2]\ncases: [{id: paris, prompt: What is the capital of France?, contains: Paris}]\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "KAITO_MODEL_CACHE": str(smollm_cache)}
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "reconciler", "eval", str(repo), "--local-state-dir", str(state)]
+    proc = subprocess.Popen(
+        [*cmd, "--format", "json"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stderr:
+            if "a-crash on default/smollm2: 12 case(s)" in line:
+                break
+        time.sleep(1.5)  # a case or so in
+        pid = json.loads((state / "default" / "smollm2" / "process.json").read_text())["pid"]
+        os.killpg(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    by_name = {s["suite"]: s for s in json.loads(out)["suites"]}
+    crashed = by_name["a-crash"]
+    assert "default/smollm2 stopped serving during the suite, at case" in crashed["error"], crashed
+    assert "server exited with code -9" in crashed["error"] and "case(s) not run" in crashed["error"]
+    assert len(crashed["cases"]) < 12 and not crashed["thresholds_met"]
+    after = by_name["b-after"]
+    assert after["thresholds_met"] and after["pass_rate"] == 1.0, after
+    assert "waiting for it to come back" in err
+    assert no_process_left(state)

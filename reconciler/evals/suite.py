@@ -72,6 +72,7 @@ class EvalSuite:
     thresholds: Thresholds
     load: Load | None
     errors: tuple[Finding, ...] = field(default=(), compare=False)
+    adapter: str = ""  # ask this LoRA adapter of the workspace, not the base model
 
     @property
     def path(self) -> str:
@@ -185,12 +186,23 @@ def read_suite(doc: Document, default_namespace: str) -> EvalSuite:
         if load
         else None,
         tuple(errors),
+        data.get("adapter", ""),
     )
 
 
-def unknown_workspaces(suite: EvalSuite, known: set[tuple[str, str]]) -> list[Finding]:
+def unknown_workspaces(suite: EvalSuite, known: dict[tuple[str, str], set[str]]) -> list[Finding]:
+    """A workspace the revision lacks, or an adapter the workspace does not serve ({key: adapters})."""
     out = []
     for i, key in enumerate(suite.workspaces):
+        if key in known and suite.adapter and suite.adapter not in known[key]:
+            out.append(
+                suite.document.finding(
+                    ("adapter",),
+                    "eval-adapter-unknown",
+                    f"workspace {key[0]}/{key[1]} serves no adapter {suite.adapter!r}; its adapters: "
+                    + (", ".join(sorted(known[key])) or "(none)"),
+                )
+            )
         if key not in known:
             out.append(
                 suite.document.finding(

@@ -19,8 +19,9 @@ TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 
 
 class Probe:
-    def __init__(self, endpoint: str, timeout: httpx.Timeout = TIMEOUT):
+    def __init__(self, endpoint: str, timeout: httpx.Timeout = TIMEOUT, adapter: str = ""):
         self.endpoint = endpoint.rstrip("/")
+        self.adapter = adapter
         self.client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=256))
         self._model: str | None = None
 
@@ -28,10 +29,13 @@ class Probe:
         self.client.close()
 
     def model(self) -> str:
-        """The base model's name, as the server lists it."""
+        """The model to ask: the base model's name as the server lists it, or SGLang's
+        `<served>:<adapter>` for one of its LoRA adapters (the CPU server takes the same)."""
         if self._model is None:
             data = self.client.get(f"{self.endpoint}/v1/models").raise_for_status().json()
             self._model = data["data"][0]["id"]
+            if self.adapter:
+                self._model = f"{self._model}:{self.adapter}"
         return self._model
 
     def _chat(

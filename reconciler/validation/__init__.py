@@ -301,7 +301,7 @@ def validate_sources(
                         )
                     )
     _check_objects(rev, object_docs, policy or kinds.ObjectPolicy(), namespace)
-    known = {ws.key for ws in rev.workspaces if ws.name}
+    known = {ws.key: _adapter_names(ws) for ws in rev.workspaces if ws.name}
     for i, suite in enumerate(rev.suites):
         missing = unknown_workspaces(suite, known)
         if missing:
@@ -318,3 +318,8 @@ def validate_sources(
 
 
 __all__ = ["SETTINGS_FILE", "Revision", "WorkspaceKey", "validate_sources", "with_settings"]
+
+
+def _adapter_names(ws: Workspace) -> set[str]:
+    adapters = ws.inference.adapters if ws.inference else ()
+    return {a.source.name for a in adapters if a.source is not None and a.source.name}
