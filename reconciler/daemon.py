@@ -81,6 +81,8 @@ class WorkspaceReport:
     # list price of its node pool while one exists (AKS bills from then on, ready or not, until it is
     # deleted); None: no pool of ours (not yet, bring-your-own nodes, or the local target)
     price_per_hour: float | None = None
+    # the eval suites' figures against its endpoint, after merge (evals/deployed.py); status entries
+    evals: tuple = ()
 
 
 def spend(reports: list[WorkspaceReport]) -> dict[str, tuple[int, float]]:
@@ -161,6 +163,7 @@ class Daemon:
         self._deleted_in_git: dict[WorkspaceKey, str] = {}
         self._moved_out: dict[WorkspaceKey, str] = {}
         self.objects = ObjectSync()  # the other objects of the watched folders (objectsync.py)
+        self.evals: dict[WorkspaceKey, tuple] = {}  # suites' figures per workspace (evals/deployed.py)
         if hasattr(target, "on_change"):  # targets that know at once when a workload changes
             target.on_change = self.poke
 
@@ -587,6 +590,7 @@ class Daemon:
                     nodes=plan.nodes if plan else 0,
                     applied_revision=self.applied_revision.get(key, ""),
                     price_per_hour=plan.price_per_hour if plan and key in pools else None,
+                    evals=self.evals.get(key, ()),
                 )
             )
         for key, plan in sorted(self._leaving.items()):

@@ -84,8 +84,9 @@ def _ask(probe, suite, target, key, plan) -> tuple[list, str]:
     return cases, ""
 
 
-def run_suites(rev, state, suites, target, timeout: float) -> list:
-    """Every suite against every workspace it names; one result each, errors included."""
+def run_suites(rev, state, suites, target, timeout: float, say=_say) -> list:
+    """Every suite against every workspace it names; one result each, errors included. `say`
+    gets the progress lines (stderr for the command, the log for the daemon's previews)."""
     from .evals.scoring import SuiteResult
     from .targets.probe import Probe
 
@@ -93,13 +94,13 @@ def run_suites(rev, state, suites, target, timeout: float) -> list:
     wanted = sorted({k for s in suites if s.valid for k in s.workspaces if k in state.plans})
     target.apply_objects(state.objects, set(), prune=False)
     for key in wanted:
-        _say(f"starting {key[0]}/{key[1]}")
+        say(f"starting {key[0]}/{key[1]}")
         target.apply(state.plans[key])
     ready: dict = {}
     for key in wanted:
         ready[key] = wait_ready(target, key, state.plans[key], timeout)
         if ready[key][0]:
-            _say(f"{key[0]}/{key[1]} is ready at {ready[key][0]} ({time.perf_counter() - t0:.1f} s)")
+            say(f"{key[0]}/{key[1]} is ready at {ready[key][0]} ({time.perf_counter() - t0:.1f} s)")
     start_seconds = time.perf_counter() - t0
     results = []
     for suite in suites:
@@ -117,20 +118,20 @@ def run_suites(rev, state, suites, target, timeout: float) -> list:
             endpoint, why = ready[key]
             if endpoint and not target.observe(key, plan).endpoint:
                 # it stopped during an earlier suite: the target restarts it; this suite waits for that
-                _say(f"{name} is not serving; waiting for it to come back")
+                say(f"{name} is not serving; waiting for it to come back")
                 endpoint, why = wait_ready(target, key, plan, timeout)
             if not endpoint:
                 results.append(SuiteResult(suite, name, [], error=why, start_seconds=start_seconds))
                 continue
             probe = Probe(endpoint, adapter=suite.adapter)
             try:
-                _say(f"{suite.name} on {name}: {len(suite.cases)} case(s)")
+                say(f"{suite.name} on {name}: {len(suite.cases)} case(s)")
                 t_cases = time.perf_counter()
                 cases, stopped = _ask(probe, suite, target, key, plan)
                 result = SuiteResult(suite, name, cases, start_seconds=start_seconds, error=stopped)
                 result.cases_seconds = time.perf_counter() - t_cases
                 if suite.load is not None and not stopped:
-                    _say(
+                    say(
                         f"{suite.name} on {name}: {suite.load.requests} request(s), {suite.load.concurrency} at a time"
                     )
                     seconds, tokens, latencies, failed = probe.run_load(suite.load)

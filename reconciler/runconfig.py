@@ -91,6 +91,11 @@ class RunConfig:
     github_app_key_file: str = ""
     github_installation_id: str = ""
     review_interval: float = 300.0
+    # eval suites (docs/evals.md): previews of pull requests, and the deployed endpoints after merge
+    preview_target: str = "off"  # off | local
+    preview_timeout: float = 600.0
+    preview_queue: int = 4
+    eval_deployed: str = "cases"  # off | cases | all (cases and the load section)
     local_state_dir: str = ".kaito-gitops/local"
 
     @property
@@ -102,8 +107,8 @@ class RunConfig:
 
 _BOOLS = {f.name for f in fields(RunConfig) if f.type in ("bool", bool)}
 _LISTS = {f.name for f in fields(RunConfig) if str(f.type).startswith("list")}
-_FLOATS = {"interval", "review_interval"}
-_INTS = {"workers"}
+_FLOATS = {"interval", "review_interval", "preview_timeout"}
+_INTS = {"workers", "preview_queue"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -173,6 +178,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "github_app_key_file": "GitHub App private key file",
         "github_installation_id": "GitHub App installation id",
         "review_interval": "how often open pull requests are checked without a webhook",
+        "preview_target": "run the eval suites a pull request touches, base and head, and put the "
+        "results in its comment and the kaito-gitops/eval status: off | local (on this machine)",
+        "preview_timeout": "how long a previewed workspace may take to serve (10m)",
+        "preview_queue": "pull requests whose previews may wait; beyond it a preview is refused",
+        "eval_deployed": "after a merge, run the suites against the deployed endpoints and put the "
+        "figures in status: off | cases | all (with the load section)",
         "local_state_dir": "where the local target keeps logs, data and endpoints",
     }
     defaults = RunConfig()
@@ -219,6 +230,15 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         raise ValueError("--target render needs --out DIR")
     if cfg.status not in ("branch", "tree", "off"):
         raise ValueError(f"--status must be branch, tree or off, not {cfg.status!r}")
+    if cfg.preview_target not in ("off", "local"):
+        raise ValueError(
+            f"--preview-target must be off or local, not {cfg.preview_target!r} "
+            "(previews in a cluster namespace are not built yet: docs/evals.md)"
+        )
+    if cfg.eval_deployed not in ("off", "cases", "all"):
+        raise ValueError(f"--eval-deployed must be off, cases or all, not {cfg.eval_deployed!r}")
+    if cfg.preview_queue < 1:
+        raise ValueError("--preview-queue must be at least 1")
     if not cfg.listen and not _given(args, environ, file_values, "listen"):
         # a laptop daemon listens on loopback only; a cluster pod must be reachable by its probes
         cfg.listen = "127.0.0.1:8080" if cfg.target == "local" else ":8080"

@@ -23,6 +23,7 @@ from githubkit.cache import MemCacheStrategy
 from githubkit.exception import RateLimitExceeded, RequestFailed
 
 from .. import budgets, capacity
+from ..evals.preview import CONTEXT, PreviewJob, PreviewRunner, pending_section, suites_to_preview
 from ..logs import error_text
 from ..plandiff import diff_states
 from ..planning import plan_revision
@@ -37,6 +38,7 @@ log = structlog.get_logger("kaito_gitops.review")
 
 VALIDATE_CONTEXT = "kaito-gitops/validate"
 DEPLOY_CONTEXT = "kaito-gitops/deploy"
+EVAL_CONTEXT = CONTEXT  # kaito-gitops/eval: the preview's verdict on the head
 RATE_RESERVE = 50  # requests kept in hand for what matters (statuses, the comment) before pausing
 REVIEW_ACTIONS = {"opened", "synchronize", "reopened", "ready_for_review", "edited"}
 
@@ -92,6 +94,8 @@ class GitHubReviewer:
         self._paused_until = 0.0
         self.is_leader = lambda: True  # with several replicas, only the Lease holder reviews
         self.azure = None  # an AzureFactsReader when the daemon provisions AKS pools
+        self.previews = None  # an evals.preview.PreviewRunner with --preview-target local
+        self._outcomes: dict[int, object] = {}  # PR -> the PreviewOutcome not yet posted
         self._thread = threading.Thread(target=self._run, name="github-review", daemon=True)
         self._thread.start()
 
@@ -183,22 +187,26 @@ class GitHubReviewer:
         resp = self.gh.rest.pulls.get(self.owner, self.repo, number)
         self._note_rate(resp)
         pr = resp.json()
-        if pr.get("merged"):
-            self._track_merge(number, pr)
-            return
-        if pr.get("state") != "open":
+        if pr.get("merged") or pr.get("state") != "open":
+            if self.previews is not None:
+                self.previews.forget(number)
+            if pr.get("merged"):
+                self._track_merge(number, pr)
             return
         head_sha = pr["head"]["sha"]
         base_ref = pr["base"]["ref"]
         if self._reviewed.get(number) == head_sha:
+            self._post_preview(number)
             return
         head = self.source.fetch_commit(f"refs/pull/{number}/head")
         if head != head_sha:
             log.info("pull request head moved while fetching; reviewing what git has", pr=number)
         base = self.source.fetch_commit(f"refs/heads/{base_ref}")
         paths = with_settings(self.paths)
+        base_files = list(self.source.files(base, paths, self.max_file_bytes, remember=False))
+        head_files = list(self.source.files(head, paths, self.max_file_bytes, remember=False))
         base_rev = validate_sources(
-            self.source.files(base, paths, self.max_file_bytes, remember=False),
+            base_files,
             namespace=self.namespace,
             target="kubernetes",
             max_file_bytes=self.max_file_bytes,
@@ -206,7 +214,7 @@ class GitHubReviewer:
             policy=self.policy,
         )
         head_rev = validate_sources(
-            self.source.files(head, paths, self.max_file_bytes, remember=False),
+            head_files,
             namespace=self.namespace,
             target="kubernetes",
             base=base_rev,
@@ -221,17 +229,29 @@ class GitHubReviewer:
         checks = Checks(budgets.usage_lines(budgets.from_revision(head_rev), after), self._capacity(diff))
         repo_html = pr["base"]["repo"]["html_url"]
         findings = head_rev.findings
+        changed = [c.key for c in diff.changes if c.action != "unchanged"]
+        evaluation, eval_status = self._start_preview(
+            number, head, base_ref, base_files, head_files, base_rev, head_rev, changed
+        )
         body = comment_body(
-            diff, findings, repo_html=repo_html, head_sha=head, base_ref=base_ref, checks=checks
+            diff,
+            findings,
+            repo_html=repo_html,
+            head_sha=head,
+            base_ref=base_ref,
+            checks=checks,
+            evaluation=evaluation,
         )
         self._upsert_comment(number, body)
         errors = sum(f.is_error for f in findings)
         self._status(
             head, VALIDATE_CONTEXT, "failure" if errors else "success", status_description(diff, errors)
         )
+        if eval_status:
+            self._status(head, EVAL_CONTEXT, *eval_status)
         self._reviewed[number] = head_sha
         self._candidates[number] = (
-            [c.key for c in diff.changes if c.action != "unchanged"],
+            changed,
             {
                 "repo_html": repo_html,
                 "base_ref": base_ref,
@@ -239,9 +259,58 @@ class GitHubReviewer:
                 "findings": findings,
                 "head": head,
                 "checks": checks,
+                "evaluation": evaluation,
             },
         )
         log.info("pull request reviewed", pr=number, head=head[:12], errors=errors, changes=len(diff.changes))
+
+    # -- eval previews ----------------------------------------------------------------------------
+    def _start_preview(
+        self, number, head, base_ref, base_files, head_files, base_rev, head_rev, changed
+    ) -> tuple[str, tuple[str, str] | None]:
+        """Queue the preview of the suites this change touches: (the Eval section, the status)."""
+        if self.previews is None:
+            return "", None
+        suites = suites_to_preview(base_rev, head_rev, set(changed))
+        self._outcomes.pop(number, None)
+        if not suites:
+            return "", None
+        job = PreviewJob(number, head, base_ref, base_files, head_files, tuple(s.name for s in suites))
+        ahead = self.previews.submit(job)
+        if ahead is None:
+            why = f"not previewed: {self.previews.max_pending} other previews wait; push again later"
+            return f"### Eval :warning:\n\n{why[0].upper() + why[1:]}.\n", ("error", why)
+        return pending_section(job, ahead), ("pending", f"previewing {len(suites)} suite(s) on base and head")
+
+    def on_preview(self, outcome) -> None:
+        """From the preview thread: hand the outcome to the reviewer's thread, which posts it."""
+        self._outcomes[outcome.job.number] = outcome
+        self.enqueue(outcome.job.number)
+
+    def _post_preview(self, number: int) -> None:
+        outcome = self._outcomes.pop(number, None)
+        if outcome is None or number not in self._candidates:
+            return
+        args = self._candidates[number][1]
+        if outcome.job.head_sha != args["head"]:
+            return  # a newer push is being previewed; this one is stale
+        args["evaluation"] = outcome.section
+        self._upsert_comment(number, self._body(args))
+        self._status(outcome.job.head_sha, EVAL_CONTEXT, outcome.state, outcome.description)
+        log.info("eval preview posted", pr=number, state=outcome.state, summary=outcome.description)
+
+    @staticmethod
+    def _body(args: dict, deployment=None) -> str:
+        return comment_body(
+            args["diff"],
+            args["findings"],
+            repo_html=args["repo_html"],
+            head_sha=args["head"],
+            base_ref=args["base_ref"],
+            deployment=deployment,
+            checks=args.get("checks"),
+            evaluation=args.get("evaluation", ""),
+        )
 
     def _capacity(self, diff):
         """Quota and region capacity of the pull request's node pools (None without an AKS cluster)."""
@@ -334,16 +403,7 @@ class GitHubReviewer:
         dep = Deployment(merged.merge_sha, lines, overall)
         args = merged.diff_body_args
         if args:
-            body = comment_body(
-                args["diff"],
-                args["findings"],
-                repo_html=args["repo_html"],
-                head_sha=args["head"],
-                base_ref=args["base_ref"],
-                deployment=dep,
-                checks=args.get("checks"),
-            )
-            self._upsert_comment(merged.number, body)
+            self._upsert_comment(merged.number, self._body(args, dep))
         desc = {
             "success": "deployed: every workspace is serving or finished",
             "failure": "deployment failed: see the kaito-gitops comment",
@@ -368,6 +428,8 @@ class GitHubReviewer:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout=10)
+        if self.previews is not None:
+            self.previews.close()
 
     def review_now(self, number: int) -> None:
         """Review on the caller's thread (tests, and `kaito-gitops review` one-offs)."""
@@ -444,5 +506,15 @@ def build_reviewer(daemon, cfg) -> GitHubReviewer:
 
         if configured(cfg):
             reviewer.azure = AzureFactsReader.from_config(cfg)
+    if getattr(cfg, "preview_target", "off") == "local":
+        reviewer.previews = PreviewRunner(
+            Path(cfg.local_state_dir) / "previews",
+            reviewer.on_preview,
+            namespace=daemon.settings.namespace,
+            policy=getattr(daemon.settings, "policy", None),
+            byo_nodes=daemon.render.byo_nodes,
+            timeout=cfg.preview_timeout,
+            max_pending=cfg.preview_queue,
+        )
     daemon.on_pass.append(reviewer.on_pass)
     return reviewer

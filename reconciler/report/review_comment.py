@@ -69,7 +69,9 @@ def comment_body(
     base_ref: str,
     deployment: Deployment | None = None,
     checks: Checks | None = None,
+    evaluation: str = "",
 ) -> str:
+    """`evaluation` is the Eval section of a preview (evals/preview.py), shown before the plan."""
     errors = [f for f in findings if f.is_error]
     warnings = [f for f in findings if not f.is_error]
     parts = [MARKER, summary(diff, errors), ""]
@@ -100,6 +102,8 @@ def comment_body(
     deploy = deployment_section(deployment) if deployment else ""
     if checks is not None and (checks.budgets or checks.capacity is not None):
         head_text += checks_markdown(checks) + "\n"
+    if evaluation:
+        head_text += evaluation.rstrip("\n") + "\n\n"
     if sections:
         head_text += "### Plan\n\n"
     body = head_text

@@ -51,6 +51,8 @@ def status_document(r: WorkspaceReport) -> dict:
     if errors:
         doc["errors"] = errors
     doc["lastError"] = s.last_error or None
+    if r.evals:
+        doc["evals"] = [{k: v for k, v in e.items() if not k.startswith("_")} for e in r.evals]
     return doc
 
 
@@ -94,12 +96,50 @@ def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: 
     for row in rows:
         out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     out += spend_lines(reports)
+    out += eval_lines(reports)
     out += objects_lines(list(objects))
     errors = [(r.key, r.errors[0].text()) for r in reports if r.errors]
     if errors:
         out += ["", "## Errors", ""]
         out += [f"- `{k[0]}/{k[1]}`: {msg}" for k, msg in errors]
     return "\n".join(out) + "\n"
+
+
+def eval_lines(reports: list[WorkspaceReport]) -> list[str]:
+    """STATUS.md's eval table: each suite's figures against the deployed endpoint, regressions flagged."""
+    rows = [(r.key, e) for r in reports for e in r.evals]
+    if not rows:
+        return []
+    out = [
+        "",
+        "## Evals",
+        "",
+        "The eval suites (`evals/`) against each deployed endpoint, once per revision it serves.",
+        "",
+        "| WORKSPACE | SUITE | REVISION | PASS RATE | P95 | TOKENS/S | RESULT |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, e in rows:
+        prev = e.get("previous") or {}
+        if e.get("regression"):
+            verdict = f":warning: regression: {prev.get('passRate', 0):.0%} at `{prev.get('revision')}`"
+        elif e.get("thresholdsMet"):
+            verdict = "thresholds met"
+        else:
+            verdict = "; ".join(e.get("failures") or ["thresholds not met"])
+        p95 = e.get("p95LatencyMs")
+        tps = e.get("tokensPerSecond")
+        cells = [
+            f"{key[0]}/{key[1]}",
+            e["suite"],
+            f"`{e['revision']}`",
+            f"{e['passed']}/{e['cases']} ({e['passRate']:.0%})",
+            "-" if p95 is None else f"{p95:,.0f} ms",
+            "-" if tps is None else f"{tps:,.1f}",
+            verdict,
+        ]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
 
 
 def spend_lines(reports: list[WorkspaceReport]) -> list[str]:

@@ -26,6 +26,10 @@ def attach(daemon, cfg) -> list:
         reporter = StatusReporter(writer)
         daemon.on_pass.append(reporter.on_pass)
         out.append(reporter)
+    if getattr(cfg, "eval_deployed", "off") != "off":
+        from ..evals.deployed import DeployedEvals
+
+        out.append(DeployedEvals(daemon, load=cfg.eval_deployed == "all"))
     if cfg.github_repo:
         from .github_review import build_reviewer
 

@@ -194,7 +194,7 @@ class LocalTarget:
         workload = self._workload(plan, signature, current)
         with self._lock:
             self.workloads[plan.key] = workload
-        refusal = self._refuse(plan)
+        refusal = refusal_of(plan)
         if refusal:
             workload.state, workload.error = "Failed", refusal
             log.warning(
@@ -283,26 +283,6 @@ class LocalTarget:
         return self.stand_ins.missing(refs)
 
     # -- building commands ----------------------------------------------------------------
-    def _refuse(self, plan: WorkspacePlan) -> str:
-        """A model this machine cannot hold is refused with the numbers, before downloading anything."""
-        if plan.model is None or has_gpu():
-            return ""
-        tuning = plan.kind == "tuning"
-        need = plan.model.parameters_b * 1e9 * (CPU_TUNING_BYTES_PER_PARAM if tuning else CPU_BYTES_PER_PARAM)
-        have = available_memory()
-        if have and need > have:
-            what = (
-                "to train on CPU (weights loaded in fp32, then quantized, plus activations)"
-                if tuning
-                else ("on CPU (parameters in fp32)")
-            )
-            return (
-                f"{plan.model.name} needs about {need / GIB:.1f} GiB of memory {what}: "
-                f"{plan.model.parameters_b:g}B parameters, and this machine has {have / GIB:.1f} GiB available; "
-                "nothing was downloaded. Run it in a cluster or pick a smaller preset such as smollm2-135m-instruct"
-            )
-        return ""
-
     def _workload(self, plan: WorkspacePlan, signature: str, previous: Workload | None) -> Workload:
         ns, name = plan.key
         folder = self.state_dir / ns / name
@@ -604,3 +584,24 @@ class LocalTarget:
             w.thread.join(timeout=STOP_GRACE + 5)
         (w.folder / PROCESS_FILE).unlink(missing_ok=True)
         (w.folder / "endpoint.json").unlink(missing_ok=True)  # nothing serves there now
+
+
+def refusal_of(plan: WorkspacePlan) -> str:
+    """A model this machine cannot hold is refused with the numbers, before downloading anything."""
+    if plan.model is None or has_gpu():
+        return ""
+    tuning = plan.kind == "tuning"
+    need = plan.model.parameters_b * 1e9 * (CPU_TUNING_BYTES_PER_PARAM if tuning else CPU_BYTES_PER_PARAM)
+    have = available_memory()
+    if have and need > have:
+        what = (
+            "to train on CPU (weights loaded in fp32, then quantized, plus activations)"
+            if tuning
+            else ("on CPU (parameters in fp32)")
+        )
+        return (
+            f"{plan.model.name} needs about {need / GIB:.1f} GiB of memory {what}: "
+            f"{plan.model.parameters_b:g}B parameters, and this machine has {have / GIB:.1f} GiB available; "
+            "nothing was downloaded. Run it in a cluster or pick a smaller preset such as smollm2-135m-instruct"
+        )
+    return ""
