@@ -17,7 +17,11 @@ What it implements like a real API server:
 * the defaulting and validation that most often trips a reconciler comparing desired with live state
   (Service clusterIP, pod template defaults, Job selectors, immutable fields, name rules);
 * garbage collection through ``metadata.ownerReferences`` (including the Job orphaning default);
-* every error as a real ``Status`` body with the real ``reason``.
+* every error as a real ``Status`` body with the real ``reason``;
+* the service proxy (``/api/v1/namespaces/<ns>/services/<name>[:<port>]/proxy/...``): 404 for a
+  Service that does not exist, 503 "no endpoints available" while no ready pod matches its
+  selector, else the request is forwarded to where the test says the Service's pods listen
+  (``set_service_backend``), as kube-apiserver forwards it to an endpoint.
 
 Simplified compared to a real API server (each also noted where it is implemented):
 
@@ -50,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import random
 import re
@@ -1215,6 +1220,7 @@ class KubeAPIServer:
         self._writes = 0
         self._faults: list[_Fault] = []
         self._pod_logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> text
+        self._backends: dict[tuple[str, str], str] = {}  # (namespace, service) -> "host:port" of its pods
         self._latency: tuple[float, str | None] = (0.0, None)
         self._available = True
         self._stopping = threading.Event()
@@ -1652,11 +1658,17 @@ class KubeAPIServer:
         if seconds and (where is None or where in handler.path):
             self._stopping.wait(seconds)
         body: Any = None
+        proxied = _PROXY.match(path)
         try:
-            body = self._parse_body(raw, content_type)
-            response = self._fault(handler.command, handler.path) or self._route(
-                handler, path, query, content_type, body
-            )
+            if proxied:  # the body is the backend's business, not JSON to parse
+                response = self._fault(handler.command, handler.path) or self._proxy(
+                    handler, proxied, parts.query, raw
+                )
+            else:
+                body = self._parse_body(raw, content_type)
+                response = self._fault(handler.command, handler.path) or self._route(
+                    handler, path, query, content_type, body
+                )
         except ApiError as error:
             response = _json_response(error.code, error.status(), error.headers)
         except Exception as error:  # a bug in the double must still answer like a server
@@ -1828,6 +1840,54 @@ class KubeAPIServer:
             elif method == "DELETE" and not subresource:
                 return self._delete(rt, namespace, name, query, body)
         raise ApiError(405, "the server does not allow this method on the requested resource")
+
+    def set_service_backend(self, namespace: str, name: str, address: str) -> None:
+        """Where the pods behind Service `namespace/name` listen ("127.0.0.1:PORT"), for its proxy."""
+        with self._lock:
+            self._backends[(namespace, name)] = address
+
+    def _proxy(self, handler: _Handler, match: re.Match, query: str, raw: bytes) -> _Response:
+        if handler.headers.get("Authorization") != f"Bearer {self.token}":
+            raise ApiError(401, "Unauthorized")
+        namespace, ref, rest = match["namespace"], match["service"], match["rest"] or "/"
+        parts = ref.split(":")
+        name = parts[1] if len(parts) == 3 else parts[0]  # [scheme:]name[:port]
+        services = self.resource_type("v1", "Service")
+        with self._lock:
+            svc = self._objects[services].get(self._key(services, namespace, name))
+            if svc is None:
+                raise not_found(services, name)
+            selector = (svc.get("spec") or {}).get("selector") or {}
+            pods = self._objects[self.resource_type("v1", "Pod")].values()
+            ready = [
+                p
+                for p in pods
+                if p["metadata"].get("namespace") == namespace
+                and selector
+                and selector_matches({"matchLabels": selector}, p["metadata"].get("labels") or {})
+                and _pod_ready(p)
+            ]
+            backend = self._backends.get((namespace, name))
+        if not ready or backend is None:
+            raise ApiError(503, f'no endpoints available for service "{ref}"', reason="ServiceUnavailable")
+        host, _, port = backend.rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=300)
+        try:
+            headers = {k: v for k, v in handler.headers.items() if k.lower() in ("content-type", "accept")}
+            conn.request(
+                handler.command, rest + (f"?{query}" if query else ""), body=raw or None, headers=headers
+            )
+            answer = conn.getresponse()
+            data = answer.read()
+            return _Response(
+                answer.status, data, answer.getheader("Content-Type") or "application/octet-stream"
+            )
+        except OSError as error:
+            raise ApiError(
+                503, f"error trying to reach service: {error}", reason="ServiceUnavailable"
+            ) from None
+        finally:
+            conn.close()
 
     def _pod_log(self, namespace: str | None, name: str, query: dict) -> _Response:
         """GET pods/<name>/log: what set_pod_log stored (a kubelet holds logs; there is none here)."""
@@ -2537,6 +2597,11 @@ class KubeAPIServer:
                     self._delete_tree(rt, key, policy or ("Orphan" if rt.kind == "Job" else "Background"))
         listing["metadata"]["resourceVersion"] = str(self._rv)
         return _json_response(200, listing)
+
+
+_PROXY = re.compile(
+    r"^/api/v1/namespaces/(?P<namespace>[^/]+)/services/(?P<service>[^/]+)/proxy(?P<rest>/.*)?$"
+)
 
 
 def _pod_ready(pod: dict) -> bool:
