@@ -123,7 +123,9 @@ def run_suites(rev, state, suites, target, timeout: float, say=_say) -> list:
             if not endpoint:
                 results.append(SuiteResult(suite, name, [], error=why, start_seconds=start_seconds))
                 continue
-            probe = Probe(endpoint, adapter=suite.adapter)
+            # a cluster preview reached through the API server needs the daemon's credentials
+            http = getattr(target, "http_options", dict)()
+            probe = Probe(endpoint, adapter=suite.adapter, **http)
             try:
                 say(f"{suite.name} on {name}: {len(suite.cases)} case(s)")
                 t_cases = time.perf_counter()

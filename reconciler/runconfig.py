@@ -92,9 +92,14 @@ class RunConfig:
     github_installation_id: str = ""
     review_interval: float = 300.0
     # eval suites (docs/evals.md): previews of pull requests, and the deployed endpoints after merge
-    preview_target: str = "off"  # off | local
+    preview_target: str = "off"  # off | local | kubernetes
     preview_timeout: float = 600.0
     preview_queue: int = 4
+    # cluster previews (--preview-target kubernetes): a pr-<number> namespace each
+    preview_ttl: float = 3600.0  # after the pull request's last push
+    preview_max: int = 2  # preview namespaces at once
+    preview_max_price: float = 10.0  # $/hour of every preview's node pools together
+    preview_reach: str = "service"  # service (cluster DNS) | proxy (the API server's service proxy)
     eval_deployed: str = "cases"  # off | cases | all (cases and the load section)
     local_state_dir: str = ".kaito-gitops/local"
 
@@ -107,8 +112,9 @@ class RunConfig:
 
 _BOOLS = {f.name for f in fields(RunConfig) if f.type in ("bool", bool)}
 _LISTS = {f.name for f in fields(RunConfig) if str(f.type).startswith("list")}
-_FLOATS = {"interval", "review_interval", "preview_timeout"}
-_INTS = {"workers", "preview_queue"}
+_FLOATS = {"interval", "review_interval", "preview_timeout", "preview_ttl"}
+_INTS = {"workers", "preview_queue", "preview_max"}
+_MONEY = {"preview_max_price"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -122,6 +128,8 @@ def _coerce(name: str, value: Any) -> Any:
         return duration(value)
     if name in _INTS:
         return int(value)
+    if name in _MONEY:
+        return float(str(value).lstrip("$"))
     return str(value)
 
 
@@ -179,8 +187,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "github_installation_id": "GitHub App installation id",
         "review_interval": "how often open pull requests are checked without a webhook",
         "preview_target": "run the eval suites a pull request touches, base and head, and put the "
-        "results in its comment and the kaito-gitops/eval status: off | local (on this machine)",
-        "preview_timeout": "how long a previewed workspace may take to serve (10m)",
+        "results in its comment and the kaito-gitops/eval status: off | local (on this machine) | "
+        "kubernetes (the head in a pr-<number> namespace, against the deployed workspaces)",
+        "preview_timeout": "how long a previewed workspace may take to serve (10m; GPU nodes take longer)",
+        "preview_ttl": "a cluster preview is torn down this long after the pull request's last push",
+        "preview_max": "cluster previews at once; beyond it a preview is refused until one ends",
+        "preview_max_price": "$/hour that every cluster preview's node pools may cost together",
+        "preview_reach": "how the daemon reaches a cluster preview: service (cluster DNS, the daemon "
+        "runs in the cluster) | proxy (through the API server's service proxy)",
         "preview_queue": "pull requests whose previews may wait; beyond it a preview is refused",
         "eval_deployed": "after a merge, run the suites against the deployed endpoints and put the "
         "figures in status: off | cases | all (with the load section)",
@@ -230,10 +244,15 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         raise ValueError("--target render needs --out DIR")
     if cfg.status not in ("branch", "tree", "off"):
         raise ValueError(f"--status must be branch, tree or off, not {cfg.status!r}")
-    if cfg.preview_target not in ("off", "local"):
+    if cfg.preview_target not in ("off", "local", "kubernetes"):
+        raise ValueError(f"--preview-target must be off, local or kubernetes, not {cfg.preview_target!r}")
+    if cfg.preview_target == "kubernetes" and cfg.target != "kubernetes":
+        raise ValueError("--preview-target kubernetes needs --target kubernetes (the cluster it previews in)")
+    if cfg.preview_reach not in ("service", "proxy"):
+        raise ValueError(f"--preview-reach must be service or proxy, not {cfg.preview_reach!r}")
+    if cfg.preview_max < 1 or cfg.preview_max_price < 0 or cfg.preview_ttl <= 0:
         raise ValueError(
-            f"--preview-target must be off or local, not {cfg.preview_target!r} "
-            "(previews in a cluster namespace are not built yet: docs/evals.md)"
+            "--preview-max must be at least 1, --preview-max-price at least 0, --preview-ttl above 0"
         )
     if cfg.eval_deployed not in ("off", "cases", "all"):
         raise ValueError(f"--eval-deployed must be off, cases or all, not {cfg.eval_deployed!r}")

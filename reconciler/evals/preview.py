@@ -1,15 +1,16 @@
-"""Eval previews of pull requests, on the daemon's own machine (`--preview-target local`).
+"""Eval previews of pull requests: which suites, the queue, and what the comment says.
 
 For the workspaces a pull request changes (and the suites it adds or edits), the suites run
-against the base branch's workspaces and then the head's, served as local processes exactly as
-`kaito-gitops eval --base` serves them. One preview runs at a time: they share the machine, and
-figures taken side by side would measure each other. A newer push replaces a queued preview of the
-same pull request; when more than `max_pending` pull requests wait, the newest is told so instead
-of queued without end.
+against the base and then the head. Where they run is the previewer's business:
+`LocalPreviewer` (`--preview-target local`) serves both revisions as local processes on the
+daemon's machine, exactly as `kaito-gitops eval --base` does; `cluster_preview.ClusterPreviewer`
+(`--preview-target kubernetes`) deploys the head in a `pr-<number>` namespace and compares it
+with the workspaces deployed now. One preview runs at a time: figures taken side by side would
+measure each other. A newer push replaces a queued preview of the same pull request; when more
+than `max_pending` pull requests wait, the newest is told so instead of queued without end.
 
-Suites whose workspaces this machine cannot hold (a 70B model on a CPU box) are not run: the
-comment says why, and they do not fail the `kaito-gitops/eval` status. Previews on a cluster
-(a `pr-<number>` namespace with its own node pools) are not built yet: docs/evals.md.
+Suites whose workspaces the preview cannot hold (a 70B model on a CPU box, a preview over its
+price cap) are not run: the comment says why, and they do not fail the `kaito-gitops/eval` status.
 """
 
 from __future__ import annotations
@@ -61,14 +62,22 @@ class PreviewOutcome:
     base: list = field(default_factory=list)
 
 
-def pending_section(job: PreviewJob, queued_behind: int = 0) -> str:
+LOCAL_WHERE = (
+    "served on the kaito-gitops daemon's machine (local target, CPU: no GPU cost, nothing in the cluster)"
+)
+
+
+def pending_section(job: PreviewJob, queued_behind: int = 0, where: str = LOCAL_WHERE) -> str:
     wait = f" It waits for {queued_behind} other preview(s) first." if queued_behind else ""
     return (
         "### Eval :hourglass_flowing_sand:\n\n"
         f"Previewing {len(job.suites)} suite(s) ({', '.join(f'`{s}`' for s in job.suites)}) against "
-        f"`{job.base_ref}` and `{job.head_sha[:12]}`, served on the kaito-gitops daemon's machine "
-        f"(local target, CPU: no GPU cost, nothing in the cluster).{wait} The results replace this line.\n"
+        f"`{job.base_ref}` and `{job.head_sha[:12]}`, {where}.{wait} The results replace this line.\n"
     )
+
+
+def refused_section(why: str) -> str:
+    return f"### Eval :warning:\n\n{why[0].upper() + why[1:]}.\n"
 
 
 def _summary(results: list, base: list) -> str:
@@ -86,31 +95,44 @@ def _summary(results: list, base: list) -> str:
 
 
 def outcome_of(
-    job: PreviewJob, results: list, base: list, skipped: list[str], seconds: float
+    job: PreviewJob,
+    results: list,
+    base: list,
+    skipped: list[str],
+    seconds: float,
+    *,
+    ran: str = "",
+    not_here: str = "on this machine",
 ) -> PreviewOutcome:
+    """`ran`: where and against what (default: both revisions on the daemon's machine)."""
     failed = any(not r.thresholds_met for r in results)
     icon = ":x:" if failed else ":white_check_mark:"
     parts = [f"### Eval {icon}", ""]
+    ran = ran or (
+        f"against `{job.base_ref}` (base) and `{job.head_sha[:12]}` (head) on the "
+        "kaito-gitops daemon's machine (local target, CPU)"
+    )
     if results:
         parts += [
-            f"Suites run against `{job.base_ref}` (base) and `{job.head_sha[:12]}` (head) on the "
-            f"kaito-gitops daemon's machine (local target, CPU) in {seconds:.0f} s. Thresholds are the head's.",
+            f"Suites run {ran} in {seconds:.0f} s. Thresholds are the head's.",
             "",
             markdown(results, base),
         ]
     if skipped:
-        parts += ["_Not previewed on this machine:_", ""] + [f"- {line}" for line in skipped] + [""]
+        parts += [f"_Not previewed {not_here}:_", ""] + [f"- {line}" for line in skipped] + [""]
     if results:
         description = _summary(results, base)
     else:
-        description = "not previewed: the workspaces are too big for the daemon's machine"
+        description = f"not previewed {not_here}: " + (skipped[0] if skipped else "nothing to run")
     return PreviewOutcome(
         job, "failure" if failed else "success", description[:140], "\n".join(parts), results, base
     )
 
 
 class PreviewRunner:
-    """One worker thread; `submit` queues, `on_done(outcome)` gets every finished preview."""
+    """One worker thread; `submit` queues, `on_done(outcome)` gets every finished preview. Between
+    previews (and at least every `upkeep_every` seconds) the previewer tears down what was
+    forgotten or has expired."""
 
     def __init__(
         self,
@@ -122,19 +144,26 @@ class PreviewRunner:
         byo_nodes: bool = False,
         timeout: float = 600.0,
         max_pending: int = 4,
+        previewer=None,
+        upkeep_every: float = 60.0,
     ):
-        self.state_dir = Path(state_dir)
+        self.previewer = previewer or LocalPreviewer(
+            Path(state_dir), namespace=namespace, policy=policy, byo_nodes=byo_nodes, timeout=timeout
+        )
         self.on_done = on_done
-        self.namespace, self.policy, self.byo_nodes = namespace, policy, byo_nodes
-        self.timeout = timeout
         self.max_pending = max_pending
+        self.upkeep_every = upkeep_every
         self._queue: list[PreviewJob] = []
+        self._forgotten: list[int] = []
         self._cond = threading.Condition()
         self._stop = False
-        self._target = None  # the LocalTarget of the preview that runs now
         self.running: PreviewJob | None = None
         self._thread = threading.Thread(target=self._run, name="eval-preview", daemon=True)
         self._thread.start()
+
+    def describe(self, job: PreviewJob) -> tuple[str, str]:
+        """(where the preview runs and what it costs, why it will not run or '')."""
+        return self.previewer.describe(job)
 
     def submit(self, job: PreviewJob) -> int | None:
         """Queue `job` (replacing a queued one of the same pull request); the number of previews
@@ -148,32 +177,44 @@ class PreviewRunner:
             return len(self._queue) - 1 + (self.running is not None)
 
     def forget(self, number: int) -> None:
-        """The pull request was merged or closed: drop its queued preview and its files."""
+        """The pull request was merged or closed: drop its queued preview; the worker removes what
+        the preview left (its files, or its namespace and node pools)."""
         with self._cond:
             self._queue = [j for j in self._queue if j.number != number]
-        if self.running is None or self.running.number != number:
-            shutil.rmtree(self.state_dir / f"pr-{number}", ignore_errors=True)
+            self._forgotten.append(number)
+            self._cond.notify()
 
     def close(self) -> None:
         with self._cond:
             self._stop = True
             self._queue.clear()
             self._cond.notify_all()
-        target = self._target
-        if target is not None:  # the running preview's requests fail at once and it ends
-            target.close()
+        self.previewer.stop()  # the running preview's waits and requests end at once
         self._thread.join(timeout=30)
+
+    def _upkeep(self) -> None:
+        with self._cond:
+            forgotten, self._forgotten = self._forgotten, []
+        try:
+            for number in forgotten:
+                self.previewer.forget(number)
+            self.previewer.upkeep()
+        except Exception as e:  # the next round tries again
+            log.warning("eval preview upkeep failed", error=error_text(e))
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stop:
-                    self._cond.wait()
+                if not self._queue and not self._forgotten and not self._stop:
+                    self._cond.wait(self.upkeep_every)
                 if self._stop:
                     return
-                job = self.running = self._queue.pop(0)
+                job = self.running = self._queue.pop(0) if self._queue else None
+            self._upkeep()
+            if job is None:
+                continue
             try:
-                outcome = self.preview(job)
+                outcome = self.previewer.run(job)
             except Exception as e:  # a preview never stops the reviewer
                 log.warning("eval preview failed", pr=job.number, error=error_text(e))
                 outcome = PreviewOutcome(
@@ -187,24 +228,38 @@ class PreviewRunner:
             if not self._stop:
                 self.on_done(outcome)
 
-    def preview(self, job: PreviewJob) -> PreviewOutcome:
+
+class LocalPreviewer:
+    """Base and head served as local processes under `state_dir/pr-<number>/{base,head}`."""
+
+    def __init__(self, state_dir: Path, *, namespace="default", policy=None, byo_nodes=False, timeout=600.0):
+        self.state_dir = state_dir
+        self.namespace, self.policy, self.byo_nodes = namespace, policy, byo_nodes
+        self.timeout = timeout
+        self._target = None  # the LocalTarget of the preview that runs now
+        self._stopped = False
+
+    def describe(self, job: PreviewJob) -> tuple[str, str]:
+        return LOCAL_WHERE, ""
+
+    def forget(self, number: int) -> None:
+        shutil.rmtree(self.state_dir / f"pr-{number}", ignore_errors=True)
+
+    def upkeep(self) -> None:
+        return None
+
+    def stop(self) -> None:
+        self._stopped = True
+        target = self._target
+        if target is not None:
+            target.close()
+
+    def run(self, job: PreviewJob) -> PreviewOutcome:
         from ..evalcmd import run_suites
         from ..planning import plan_revision
         from ..targets.local import refusal_of
-        from ..validation import validate_sources
 
-        def revision(files, base=None):
-            return validate_sources(
-                files,
-                namespace=self.namespace,
-                target="local",
-                base=base,
-                byo_nodes=self.byo_nodes,
-                policy=self.policy,
-            )
-
-        base_rev = revision(job.base_files)
-        head_rev = revision(job.head_files, base_rev)
+        base_rev, head_rev = revisions(job, self.namespace, "local", self.byo_nodes, self.policy)
         base_state, head_state = plan_revision(base_rev), plan_revision(head_rev)
         suites = [s for s in head_rev.suites if s.name in job.suites and s.valid]
         folder = self.state_dir / f"pr-{job.number}"
@@ -236,7 +291,7 @@ class PreviewRunner:
         return outcome_of(job, head, base, skipped, seconds)
 
     def _serve_and_ask(self, rev, state, suites, folder: Path, run_suites) -> list:
-        if not suites or self._stop:
+        if not suites or self._stopped:
             return []
         from ..targets.local import LocalTarget
 
@@ -248,3 +303,16 @@ class PreviewRunner:
         finally:
             self._target = None
             target.close()
+
+
+def revisions(job: PreviewJob, namespace: str, target: str, byo_nodes: bool, policy):
+    """The job's base and head, validated as the daemon validates them."""
+    from ..validation import validate_sources
+
+    def revision(files, base=None):
+        return validate_sources(
+            files, namespace=namespace, target=target, base=base, byo_nodes=byo_nodes, policy=policy
+        )
+
+    base_rev = revision(job.base_files)
+    return base_rev, revision(job.head_files, base_rev)

@@ -24,7 +24,7 @@ from azure.mgmt.containerservice import models as m
 
 from ..planning import WorkspacePlan
 from ..render.common import MANAGED_BY
-from ..render.nodepool import TAG_MANAGED_BY, TAG_SPEC, TAG_WORKSPACE, NodePoolSpec
+from ..render.nodepool import TAG_MANAGED_BY, TAG_PREVIEW, TAG_SPEC, TAG_WORKSPACE, NodePoolSpec
 from ..status import NodeState, ResourceStatus
 from .none import NoneProvisioner
 
@@ -135,9 +135,11 @@ def _pool_properties(spec: NodePoolSpec) -> m.AgentPool:
     )
 
 
-def _key_of(tags: dict | None) -> WorkspaceKey | None:
+def _key_of(tags: dict | None, previews: bool = False) -> WorkspaceKey | None:
+    """The workspace a pool was made for; None for pools not ours, or of the other kind (the
+    daemon's provisioner never sees an eval preview's pools, and a preview's never the daemon's)."""
     tags = tags or {}
-    if tags.get(TAG_MANAGED_BY) != MANAGED_BY:
+    if tags.get(TAG_MANAGED_BY) != MANAGED_BY or (TAG_PREVIEW in tags) != previews:
         return None
     ns, _, name = (tags.get(TAG_WORKSPACE) or "").partition("/")
     return (ns, name) if ns and name else None
@@ -156,8 +158,11 @@ def credential_for(cfg):
 class AksProvisioner:
     name = "aks"
 
-    def __init__(self, client: ContainerServiceClient, resource_group: str, cluster: str):
+    def __init__(
+        self, client: ContainerServiceClient, resource_group: str, cluster: str, *, previews: bool = False
+    ):
         self.client = client
+        self.previews = previews
         self.resource_group = resource_group
         self.cluster = cluster
         self.pools: dict[str, dict] = {}  # name -> wire-form pool of the last refresh
@@ -167,7 +172,7 @@ class AksProvisioner:
         self._byo = NoneProvisioner()
 
     @classmethod
-    def from_config(cls, cfg) -> AksProvisioner:
+    def from_config(cls, cfg, previews: bool = False) -> AksProvisioner:
         credential = credential_for(cfg)
         endpoint = cfg.arm_endpoint.rstrip("/")
         client = ContainerServiceClient(
@@ -176,7 +181,7 @@ class AksProvisioner:
             base_url=endpoint,
             credential_scopes=[arm_scope(endpoint, cfg.arm_audience)],
         )
-        return cls(client, cfg.aks_resource_group, cfg.aks_cluster)
+        return cls(client, cfg.aks_resource_group, cfg.aks_cluster, previews=previews)
 
     # -- the snapshot -------------------------------------------------------------------
     def refresh(self) -> None:
@@ -189,7 +194,11 @@ class AksProvisioner:
 
     def owned(self) -> set[WorkspaceKey]:
         with self._lock:
-            return {k for p in self.pools.values() if (k := _key_of((p.get("properties") or {}).get("tags")))}
+            return {
+                k
+                for p in self.pools.values()
+                if (k := _key_of((p.get("properties") or {}).get("tags"), self.previews))
+            }
 
     def _pool(self, name: str) -> dict | None:
         with self._lock:
@@ -209,7 +218,7 @@ class AksProvisioner:
             self._failures.pop(spec.name, None)  # the workspace changed: try the new spec at once
             failure = None
 
-        if pool is not None and _key_of(props.get("tags")) != plan.key:
+        if pool is not None and _key_of(props.get("tags"), self.previews) != plan.key:
             return ResourceStatus(
                 False,
                 "AgentPoolConflict",
@@ -370,7 +379,7 @@ class AksProvisioner:
             mine = [
                 (n, p)
                 for n, p in self.pools.items()
-                if _key_of((p.get("properties") or {}).get("tags")) == key
+                if _key_of((p.get("properties") or {}).get("tags"), self.previews) == key
             ]
         if not mine:
             return True

@@ -14,6 +14,7 @@ MANAGED_BY = "kaito-gitops"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_WORKSPACE = "kaito.sh/workspace"
 LABEL_WORKSPACE_NS = "kaito.sh/workspacenamespace"
+LABEL_PREVIEW = "kaito-gitops.io/preview"  # the pull request an eval preview's object belongs to
 ANNOTATION_SPEC_HASH = "kaito-gitops.io/spec-hash"
 ANNOTATION_SOURCE = "kaito-gitops.io/source"
 ANNOTATION_REVISION = "kaito-gitops.io/revision"

@@ -13,6 +13,7 @@ from .common import LABEL_MANAGED_BY, LABEL_WORKSPACE, LABEL_WORKSPACE_NS, MANAG
 TAG_WORKSPACE = "kaito-gitops.workspace"  # Azure tag names may not contain '/'
 TAG_MANAGED_BY = "kaito-gitops.managed-by"
 TAG_SPEC = "kaito-gitops.pool-hash"
+TAG_PREVIEW = "kaito-gitops.preview"  # the pull request of an eval preview's pool
 TAINT = "sku=gpu:NoSchedule"
 MAX_OS_DISK_GB = 2048
 

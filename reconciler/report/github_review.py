@@ -23,7 +23,14 @@ from githubkit.cache import MemCacheStrategy
 from githubkit.exception import RateLimitExceeded, RequestFailed
 
 from .. import budgets, capacity
-from ..evals.preview import CONTEXT, PreviewJob, PreviewRunner, pending_section, suites_to_preview
+from ..evals.preview import (
+    CONTEXT,
+    PreviewJob,
+    PreviewRunner,
+    pending_section,
+    refused_section,
+    suites_to_preview,
+)
 from ..logs import error_text
 from ..plandiff import diff_states
 from ..planning import plan_revision
@@ -276,11 +283,19 @@ class GitHubReviewer:
         if not suites:
             return "", None
         job = PreviewJob(number, head, base_ref, base_files, head_files, tuple(s.name for s in suites))
-        ahead = self.previews.submit(job)
-        if ahead is None:
+        try:  # where it would run and what it costs, before anything starts
+            where, why = self.previews.describe(job)
+        except Exception as e:
+            where, why = "", f"not previewed: {error_text(e)}"
+        if not why:
+            ahead = self.previews.submit(job)
+            if ahead is not None:
+                return pending_section(job, ahead, where), (
+                    "pending",
+                    f"previewing {len(suites)} suite(s) on base and head",
+                )
             why = f"not previewed: {self.previews.max_pending} other previews wait; push again later"
-            return f"### Eval :warning:\n\n{why[0].upper() + why[1:]}.\n", ("error", why)
-        return pending_section(job, ahead), ("pending", f"previewing {len(suites)} suite(s) on base and head")
+        return refused_section(why), ("error", why[:140])
 
     def on_preview(self, outcome) -> None:
         """From the preview thread: hand the outcome to the reviewer's thread, which posts it."""
@@ -506,7 +521,7 @@ def build_reviewer(daemon, cfg) -> GitHubReviewer:
 
         if configured(cfg):
             reviewer.azure = AzureFactsReader.from_config(cfg)
-    if getattr(cfg, "preview_target", "off") == "local":
+    if getattr(cfg, "preview_target", "off") != "off":
         reviewer.previews = PreviewRunner(
             Path(cfg.local_state_dir) / "previews",
             reviewer.on_preview,
@@ -515,6 +530,31 @@ def build_reviewer(daemon, cfg) -> GitHubReviewer:
             byo_nodes=daemon.render.byo_nodes,
             timeout=cfg.preview_timeout,
             max_pending=cfg.preview_queue,
+            previewer=cluster_previewer(daemon, cfg) if cfg.preview_target == "kubernetes" else None,
         )
     daemon.on_pass.append(reviewer.on_pass)
     return reviewer
+
+
+def cluster_previewer(daemon, cfg):
+    """`--preview-target kubernetes`: the daemon's cluster, pools from its provisioner's kind."""
+    from ..evals.cluster_preview import Caps, ClusterPreviewer
+    from ..provisioners.none import NoneProvisioner
+
+    if cfg.provisioner == "aks":
+        from ..provisioners.aks import AksProvisioner
+
+        provisioner = AksProvisioner.from_config(cfg, previews=True)
+    else:
+        provisioner = NoneProvisioner()
+    return ClusterPreviewer(
+        daemon.target.api_client,
+        provisioner,
+        render=daemon.render,
+        caps=Caps(cfg.preview_ttl, cfg.preview_max, cfg.preview_max_price),
+        namespace=daemon.settings.namespace,
+        policy=getattr(daemon.settings, "policy", None),
+        byo_nodes=daemon.render.byo_nodes,
+        timeout=cfg.preview_timeout,
+        reach=cfg.preview_reach,
+    )

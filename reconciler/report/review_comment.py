@@ -102,8 +102,8 @@ def comment_body(
     deploy = deployment_section(deployment) if deployment else ""
     if checks is not None and (checks.budgets or checks.capacity is not None):
         head_text += checks_markdown(checks) + "\n"
-    if evaluation:
-        head_text += evaluation.rstrip("\n") + "\n\n"
+    if evaluation:  # a blank line first: a heading right after </details> is not one on GitHub
+        head_text = head_text.rstrip("\n") + "\n\n" + evaluation.rstrip("\n") + "\n\n"
     if sections:
         head_text += "### Plan\n\n"
     body = head_text

@@ -26,6 +26,7 @@ from ..render.common import (
     ANNOTATION_SOURCE,
     GPU_RESOURCE,
     LABEL_MANAGED_BY,
+    LABEL_PREVIEW,
     LABEL_WORKSPACE,
     LABEL_WORKSPACE_NS,
     MANAGED_BY,
@@ -39,7 +40,10 @@ from .kube_objects import ObjectApplier
 log = structlog.get_logger("kaito_gitops.kubernetes")
 
 FIELD_MANAGER = "kaito-gitops"
-SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+# Eval previews of pull requests (evals/cluster_preview.py) carry LABEL_PREVIEW and have their own
+# target: the daemon's never sees them, so it never prunes a preview as "gone from git".
+SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},!{LABEL_PREVIEW}"
+PREVIEW_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_PREVIEW}"
 APPLY = "application/apply-patch+yaml"
 TIMEOUT = (5, 30)  # connect, read seconds
 
@@ -83,8 +87,10 @@ class KubernetesTarget:
         log_tail_lines: int = 200,
         timeout: tuple[float, float] = TIMEOUT,
         allowed_kinds: frozenset[str] = kinds.DEFAULT_ALLOWED,
+        selector: str = SELECTOR,
     ):
         self.api_client = api_client
+        self.selector = selector
         self.timeout = timeout
         self.companions = ObjectApplier(api_client, timeout, allowed_kinds)
         self._apis: dict[type, Any] = {}
@@ -124,7 +130,7 @@ class KubernetesTarget:
         for kind, ka in KINDS.items():
             method = getattr(self._api(ka.api), f"list_{ka.suffix}_for_all_namespaces")
             data = _json(
-                method(label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout)
+                method(label_selector=self.selector, _preload_content=False, _request_timeout=self.timeout)
             )
             for item in data.get("items", []):
                 md = item["metadata"]
@@ -139,7 +145,7 @@ class KubernetesTarget:
         core = self._api(client.CoreV1Api)
         pods_data = _json(
             core.list_pod_for_all_namespaces(
-                label_selector=SELECTOR, _preload_content=False, _request_timeout=self.timeout
+                label_selector=self.selector, _preload_content=False, _request_timeout=self.timeout
             )
         )
         nodes_data = _json(core.list_node(_preload_content=False, _request_timeout=self.timeout))
@@ -162,6 +168,25 @@ class KubernetesTarget:
                 obj = next(iter(objs.values()))
                 out[key] = (obj["metadata"].get("annotations") or {}).get(ANNOTATION_SOURCE, "")
         return out
+
+    def service(self, key: WorkspaceKey) -> dict | None:
+        """The workspace's Service as last seen (what its endpoint is reached through)."""
+        return self._live_of(key).get(("Service", key[1]))
+
+    def rolled_out(self, key: WorkspaceKey) -> bool:
+        """Every replica of the workspace's StatefulSet runs its current template and is ready
+        (a ready pod of the previous template is not an answer from the new one)."""
+        sts = self._live_of(key).get(("StatefulSet", key[1]))
+        if sts is None:
+            return False
+        want = (sts.get("spec") or {}).get("replicas", 1)
+        st = sts.get("status") or {}
+        return (
+            st.get("observedGeneration", 0) >= sts["metadata"].get("generation", 1)
+            and st.get("updateRevision", "") == st.get("currentRevision", "")
+            and (st.get("updatedReplicas") or 0) >= want
+            and (st.get("readyReplicas") or 0) >= max(1, want)
+        )
 
     def _live_of(self, key: WorkspaceKey) -> dict[tuple[str, str], dict]:
         with self._lock:

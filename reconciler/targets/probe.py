@@ -19,10 +19,15 @@ TIMEOUT = httpx.Timeout(300.0, connect=5.0)
 
 
 class Probe:
-    def __init__(self, endpoint: str, timeout: httpx.Timeout = TIMEOUT, adapter: str = ""):
+    def __init__(
+        self, endpoint: str, timeout: httpx.Timeout = TIMEOUT, adapter: str = "", headers=None, verify=True
+    ):
+        """`headers` and `verify`: how to reach an endpoint behind the API server's service proxy."""
         self.endpoint = endpoint.rstrip("/")
         self.adapter = adapter
-        self.client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=256))
+        self.client = httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_connections=256), headers=headers, verify=verify
+        )
         self._model: str | None = None
 
     def close(self) -> None:

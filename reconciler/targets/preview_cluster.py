@@ -1,0 +1,253 @@
+"""What an eval preview in the cluster touches (`--preview-target kubernetes`, docs/evals.md).
+
+A pull request's workspaces run in their own namespace, `pr-<number>`, labelled as a preview and
+annotated with when it expires; their objects carry LABEL_PREVIEW, so only the previews' own
+KubernetesTarget sees them. `ClusterStage` and `DeployedStage` are what `evalcmd.run_suites`
+drives in place of the local target: the preview's workspaces (nodes first, then the workload,
+ready when every replica is) and, for the base figures, the workspaces deployed now (read only).
+
+Endpoints are reached at the Service's cluster DNS name (the daemon runs in the cluster), or,
+with `reach="proxy"`, through the API server's service proxy with the daemon's own credentials
+(a daemon outside the cluster; RBAC: `services/proxy` get/create in the preview namespaces).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ..planning import WorkspacePlan
+from ..render.common import LABEL_MANAGED_BY, LABEL_PREVIEW, MANAGED_BY
+from ..status import Observation, ResourceStatus
+from .base import ObjectsResult, WorkspaceKey
+from .kubernetes import APPLY, FIELD_MANAGER, TIMEOUT, _json, endpoint
+
+ANNOTATION_EXPIRES = "kaito-gitops.io/expires-at"
+PREFIX = "pr-"
+
+
+def preview_namespace(number: int) -> str:
+    return f"{PREFIX}{number}"
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+class PreviewNamespaces:
+    """The `pr-<number>` namespaces: made (or their expiry moved) per preview, listed, deleted."""
+
+    def __init__(self, api_client: client.ApiClient, timeout=TIMEOUT):
+        self.core = client.CoreV1Api(api_client)
+        self.timeout = timeout
+
+    def ensure(self, number: int, expires_at: float) -> None:
+        """Make the namespace, or move its expiry; refused when a namespace of that name is not a
+        preview of this pull request (tearing the preview down would delete what it holds)."""
+        name = preview_namespace(number)
+        try:
+            live = _json(
+                self.core.read_namespace(name, _preload_content=False, _request_timeout=self.timeout)
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            live = None
+        if live is not None and (live["metadata"].get("labels") or {}).get(LABEL_PREVIEW) != str(number):
+            raise RuntimeError(
+                f"namespace {name} exists and is not kaito-gitops' preview of pull request {number}; "
+                "previews will not use it (rename it, or turn previews off)"
+            )
+        body = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": name,
+                "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_PREVIEW: str(number)},
+                "annotations": {ANNOTATION_EXPIRES: _iso(expires_at)},
+            },
+        }
+        self.core.patch_namespace(
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type=APPLY,
+            _preload_content=False,
+            _request_timeout=self.timeout,
+        )
+
+    def live(self) -> dict[int, tuple[float | None, bool]]:
+        """pull request -> (expires at, terminating) for every preview namespace there is."""
+        data = _json(
+            self.core.list_namespace(
+                label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_PREVIEW}",
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        )
+        out = {}
+        for ns in data.get("items", []):
+            md = ns["metadata"]
+            number = (md.get("labels") or {}).get(LABEL_PREVIEW, "")
+            if md.get("name") != preview_namespace(number) if number.isdigit() else True:
+                continue  # labelled by hand, not one of ours
+            expires = _epoch((md.get("annotations") or {}).get(ANNOTATION_EXPIRES, ""))
+            terminating = (
+                bool(md.get("deletionTimestamp")) or (ns.get("status") or {}).get("phase") == "Terminating"
+            )
+            out[int(number)] = (expires, terminating)
+        return out
+
+    def delete(self, number: int) -> None:
+        try:
+            self.core.delete_namespace(
+                preview_namespace(number), _preload_content=False, _request_timeout=self.timeout
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def http_options(api_client: client.ApiClient) -> dict:
+    """httpx.Client options that authenticate as the kubernetes client does (token, CA, client cert)."""
+    cfg = api_client.configuration
+    if cfg.refresh_api_key_hook is not None:  # exec plugins (kubelogin) renew short-lived tokens
+        cfg.refresh_api_key_hook(cfg)
+    headers = {
+        s["key"]: s["value"] for s in cfg.auth_settings().values() if s["in"] == "header" and s["value"]
+    }
+    if not cfg.verify_ssl:
+        return {"headers": headers, "verify": False}
+    context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+    if cfg.cert_file:
+        context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    return {"headers": headers, "verify": context}
+
+
+def service_url(api_client: client.ApiClient, svc: dict, reach: str) -> str:
+    if reach != "proxy":
+        return endpoint(svc)
+    md = svc["metadata"]
+    port = ((svc.get("spec") or {}).get("ports") or [{}])[0].get("port", 80)
+    host = api_client.configuration.host.rstrip("/")
+    return f"{host}/api/v1/namespaces/{md['namespace']}/services/{md['name']}:{port}/proxy"
+
+
+class _Stage:
+    """The part of the Target interface `run_suites` uses, over a KubernetesTarget."""
+
+    def __init__(self, target, reach: str = "service", refresh_every: float = 5.0):
+        self.target = target
+        self.reach = reach
+        self.refresh_every = refresh_every
+        self._refreshed = 0.0
+        self.stopped = ""  # set when the daemon stops: waits end at once
+
+    def http_options(self) -> dict:
+        return http_options(self.target.api_client) if self.reach == "proxy" else {}
+
+    def apply_objects(self, desired, keep, prune) -> ObjectsResult:
+        return ObjectsResult()  # previews take no companion objects (docs/evals.md)
+
+    def _refresh(self) -> bool:
+        if time.monotonic() - self._refreshed < self.refresh_every:
+            return False
+        self.target.refresh()
+        self._refreshed = time.monotonic()
+        return True
+
+    def _served(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
+        """With `plan`, ready only once the live objects are the plan's: after a push, the previous
+        version still serving is not the one to ask."""
+        obs = self.target.observe(key, plan)
+        svc = self.target.service(key)
+        ready = svc is not None and self.target.rolled_out(key) and (plan is None or obs.applied)
+        return replace(obs, endpoint=service_url(self.target.api_client, svc, self.reach) if ready else "")
+
+    def close(self) -> None:
+        return None
+
+
+class DeployedStage(_Stage):
+    """The workspaces deployed now, for the base figures: asked, never changed."""
+
+    def apply(self, plan: WorkspacePlan):
+        return None
+
+    def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
+        self._refresh()
+        return self._served(key, None)
+
+    def failed(self, key: WorkspaceKey) -> str:
+        if self.stopped:
+            return self.stopped
+        if not self.target.live_workspaces().get(key) and self._refreshed:
+            return "it is not deployed in the cluster, so there is no base to compare with"
+        return ""
+
+
+class ClusterStage(_Stage):
+    """One preview's workspaces in `namespace`: nodes through `provisioner`, then the workload;
+    ready when every replica is. Each observation moves them on (the eval loop polls; nothing
+    here waits). Keys are the repository's (the suites name those); plans are the preview's."""
+
+    def __init__(
+        self, target, provisioner, namespace: str, reach: str = "service", refresh_every: float = 5.0
+    ):
+        super().__init__(target, reach, refresh_every)
+        self.provisioner = provisioner
+        self.namespace = namespace
+        self.plans: dict[WorkspaceKey, WorkspacePlan] = {}
+        self.resources: dict[WorkspaceKey, ResourceStatus] = {}
+
+    def apply(self, plan: WorkspacePlan):
+        self.plans[plan.key] = plan
+        self._refreshed = 0.0
+        self._step()
+
+    def _step(self) -> None:
+        if not self._refresh():
+            return
+        self.provisioner.refresh()
+        for key, plan in self.plans.items():
+            resource = self.provisioner.ensure(plan, self.target.nodes(plan))
+            self.resources[key] = resource
+            if resource.ready:
+                self.target.apply(plan)
+
+    def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
+        self._step()
+        return self._served((self.namespace, key[1]), self.plans.get((self.namespace, key[1])))
+
+    def failed(self, key: WorkspaceKey) -> str:
+        if self.stopped:
+            return self.stopped
+        r = self.resources.get((self.namespace, key[1]))
+        if r is not None and not r.ready and r.reason in _FATAL:
+            return f"its nodes cannot be made: {r.message or r.reason}"
+        return ""
+
+
+# Provisioner answers that waiting will not change (quota, a size not offered, a bad request)
+_FATAL = {
+    "QuotaExceeded",
+    "SkuNotAvailable",
+    "AgentPoolConflict",
+    "AuthorizationFailed",
+    "LinkedAuthorizationFailed",
+    "InvalidRequest",
+    "BadRequest",
+}
