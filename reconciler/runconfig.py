@@ -95,6 +95,7 @@ class RunConfig:
     preview_target: str = "off"  # off | local | kubernetes
     preview_timeout: float = 600.0
     preview_queue: int = 4
+    preview_max_tokens: int = 50_000  # what a pull request's suite may make one preview write, per workspace
     # cluster previews (--preview-target kubernetes): a pr-<number> namespace each
     preview_ttl: float = 3600.0  # after the pull request's last push
     preview_max: int = 2  # preview namespaces at once
@@ -113,7 +114,7 @@ class RunConfig:
 _BOOLS = {f.name for f in fields(RunConfig) if f.type in ("bool", bool)}
 _LISTS = {f.name for f in fields(RunConfig) if str(f.type).startswith("list")}
 _FLOATS = {"interval", "review_interval", "preview_timeout", "preview_ttl"}
-_INTS = {"workers", "preview_queue", "preview_max"}
+_INTS = {"workers", "preview_queue", "preview_max", "preview_max_tokens"}
 _MONEY = {"preview_max_price"}
 
 
@@ -190,6 +191,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "results in its comment and the kaito-gitops/eval status: off | local (on this machine) | "
         "kubernetes (the head in a pr-<number> namespace, against the deployed workspaces)",
         "preview_timeout": "how long a previewed workspace may take to serve (10m; GPU nodes take longer)",
+        "preview_max_tokens": "a suite that may ask for more tokens per workspace (cases' and load's "
+        "max_tokens) is not previewed: pull requests cannot make previews run for hours",
         "preview_ttl": "a cluster preview is torn down this long after the pull request's last push",
         "preview_max": "cluster previews at once; beyond it a preview is refused until one ends",
         "preview_max_price": "$/hour that every cluster preview's node pools may cost together",
@@ -256,8 +259,8 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         )
     if cfg.eval_deployed not in ("off", "cases", "all"):
         raise ValueError(f"--eval-deployed must be off, cases or all, not {cfg.eval_deployed!r}")
-    if cfg.preview_queue < 1:
-        raise ValueError("--preview-queue must be at least 1")
+    if cfg.preview_queue < 1 or cfg.preview_max_tokens < 1:
+        raise ValueError("--preview-queue and --preview-max-tokens must be at least 1")
     if not cfg.listen and not _given(args, environ, file_values, "listen"):
         # a laptop daemon listens on loopback only; a cluster pod must be reachable by its probes
         cfg.listen = "127.0.0.1:8080" if cfg.target == "local" else ":8080"

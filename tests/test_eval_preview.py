@@ -50,6 +50,21 @@ def test_suites_to_preview_are_those_of_changed_workspaces_and_changed_suites(va
     assert suites_to_preview(base, broken, {("default", "other")}) == [], "an invalid suite is not run"
 
 
+def test_a_suite_that_asks_too_much_is_refused_and_fails_the_check_without_starting_anything(tmp_path):
+    from reconciler.evals.preview import LocalPreviewer, PreviewJob
+
+    costly = (
+        SUITE.replace("adapter: geo\n", "") + "load: {concurrency: 8, requests: 100000, max_tokens: 512}\n"
+    )
+    files = [("workspaces/smollm2.yaml", SMOL.encode()), ("workspaces/evals/geo.yaml", costly.encode())]
+    job = PreviewJob(3, "a" * 40, "main", files, files, ("geo",))
+    outcome = LocalPreviewer(tmp_path / "previews", max_tokens=50_000).run(job)
+    assert outcome.state == "error", outcome  # a required check must not pass by not running
+    assert outcome.description.startswith("not previewed: geo: it asks for up to 51,200,048 tokens"), outcome
+    assert "more than --preview-max-tokens 50,000" in outcome.section and "### Eval :x:" in outcome.section
+    assert not (tmp_path / "previews" / "pr-3").exists() or no_process_left(tmp_path / "previews")
+
+
 @pytest.mark.ml
 @pytest.mark.slow
 def test_a_pr_that_swaps_in_a_bad_adapter_shows_the_pass_rate_drop_and_fails_the_eval_status(

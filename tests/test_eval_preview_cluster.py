@@ -300,3 +300,37 @@ def test_a_preview_over_the_price_cap_or_in_a_namespace_not_ours_is_refused(worl
     ):
         previewer(kube, arm, [0.0]).run(job)  # the runner turns this into the comment's error
     assert not preview_pools(arm) and not in_namespace(kube, "StatefulSet", "pr-5"), "nothing was started"
+
+
+def test_a_newer_push_cancels_the_running_preview_and_a_costly_suite_is_refused(world, cluster, tmp_path):  # noqa: F811
+    from reconciler.provisioners.none import NoneProvisioner
+
+    kube, _ = cluster
+    done = []
+    # no node carries the workspace's labels and nothing provisions them: the preview would wait
+    # out its whole timeout
+    slow = ClusterPreviewer(
+        client.ApiClient(kube.client_config()), NoneProvisioner(), timeout=300, refresh_every=0.2
+    )
+    runner = PreviewRunner(tmp_path / "previews", done.append, previewer=slow, upkeep_every=0.2)
+    files = [
+        ("workspaces/smol.yaml", smol_ws("smol").encode()),
+        ("workspaces/evals/geo.yaml", SUITE.encode()),
+    ]
+    try:
+        first = PreviewJob(4, "1" * 40, "main", files, files, ("geo",))
+        runner.submit(first)
+        wait_until(
+            lambda: runner.running == first and slow._stages, timeout=10, what="the first preview waiting"
+        )
+        costly = SUITE + "load: {concurrency: 4, requests: 1000, max_tokens: 100}\n"
+        files2 = [files[0], ("workspaces/evals/geo.yaml", costly.encode())]
+        second = PreviewJob(4, "2" * 40, "main", files, files2, ("geo",))
+        assert runner.submit(second) == 1
+        wait_until(lambda: len(done) == 2, timeout=15, what="both outcomes, the first cut short")
+        [cut, refused] = done
+        assert cut.job == first and "superseded by a newer push" in cut.section, cut.section
+        assert refused.job == second and refused.state == "error", refused
+        assert "it asks for up to 100,016 tokens per workspace" in refused.section, refused.section
+    finally:
+        runner.close()

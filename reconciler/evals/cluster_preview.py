@@ -24,7 +24,7 @@ from ..planning import DesiredState, WorkspacePlan, plan_workspace
 from ..planview import money
 from ..render.common import LABEL_PREVIEW, RenderSettings
 from ..render.nodepool import TAG_PREVIEW
-from .preview import PreviewJob, PreviewOutcome, outcome_of, revisions
+from .preview import MAX_TOKENS, PreviewJob, PreviewOutcome, outcome_of, revisions, too_costly
 
 log = structlog.get_logger("kaito_gitops.preview")
 
@@ -81,6 +81,7 @@ class Prepared:
     head_state: DesiredState  # keyed by the repository's workspace keys, planned in pr-<number>
     suites: list
     skipped: list[str]
+    refused: list[str]
 
     @property
     def price_per_hour(self) -> float:
@@ -112,6 +113,7 @@ class ClusterPreviewer:
         reach: str = "service",
         refresh_every: float = 5.0,
         clock=time.time,
+        max_tokens: int = MAX_TOKENS,
     ):
         from ..targets.kubernetes import PREVIEW_SELECTOR, KubernetesTarget
         from ..targets.preview_cluster import PreviewNamespaces
@@ -126,6 +128,7 @@ class ClusterPreviewer:
         self.namespace, self.policy, self.byo_nodes = namespace, policy, byo_nodes
         self.timeout, self.reach, self.refresh_every = timeout, reach, refresh_every
         self.clock = clock
+        self.max_tokens = max_tokens
         self.prices: dict[int, float] = {}  # pull request -> $/hour of its preview, while it is up
         self._stages: list = []
         self._stopped = False
@@ -141,8 +144,12 @@ class ClusterPreviewer:
         settings = replace(self.render, revision=job.head_sha[:12])
         catalog, ns = load_catalog(), preview_namespace(job.number)
         head_state = DesiredState()
-        runnable, skipped = [], []
+        runnable, skipped, refused = [], [], []
         for s in (s for s in head_rev.suites if s.name in job.suites and s.valid):
+            costly = too_costly(s, self.max_tokens)
+            if costly:
+                refused.append(f"`{s.name}`: {costly}")
+                continue
             why = ""
             for key in s.workspaces:
                 plan = planned.plans.get(key)
@@ -169,7 +176,7 @@ class ClusterPreviewer:
                 runnable.append(s)
         wanted = {k for s in runnable for k in s.workspaces}
         head_state.plans = {k: p for k, p in head_state.plans.items() if k in wanted}
-        return Prepared(base_rev, head_rev, base_state, head_state, runnable, skipped)
+        return Prepared(base_rev, head_rev, base_state, head_state, runnable, skipped, refused)
 
     def _over_caps(self, number: int, price: float) -> str:
         live = {n for n, (_, terminating) in self.namespaces.live().items() if not terminating}
@@ -208,7 +215,7 @@ class ClusterPreviewer:
         prep = self.prepare(job)
         ns = preview_namespace(job.number)
         if not prep.suites:
-            return outcome_of(job, [], [], prep.skipped, 0.0, not_here="in the cluster")
+            return outcome_of(job, [], [], prep.skipped, 0.0, not_here="in the cluster", refused=prep.refused)
         refusal = self._over_caps(job.number, prep.price_per_hour)
         if refusal:
             return PreviewOutcome(job, "error", refusal[:140], f"### Eval :warning:\n\n{refusal}.\n")
@@ -233,12 +240,20 @@ class ClusterPreviewer:
             f"`{ns}` of the cluster ({prep.pools()}, {money(prep.price_per_hour)}/h until merge, close "
             f"or {_span(self.caps.ttl)} from now)"
         )
-        return outcome_of(job, head, base, prep.skipped, seconds, ran=ran, not_here="in the cluster")
+        return outcome_of(
+            job, head, base, prep.skipped, seconds, ran=ran, not_here="in the cluster", refused=prep.refused
+        )
 
     def stop(self) -> None:
         self._stopped = True
         for stage in self._stages:
             stage.stopped = "the daemon is stopping"
+
+    def cancel(self) -> None:
+        """A newer push supersedes the running preview: its waits end; the next run updates the
+        same namespace in place (what is up stays up for it)."""
+        for stage in self._stages:
+            stage.stopped = "superseded by a newer push"
 
     # -- teardown -----------------------------------------------------------------------------------
     def forget(self, number: int) -> None:

@@ -76,6 +76,19 @@ def pending_section(job: PreviewJob, queued_behind: int = 0, where: str = LOCAL_
     )
 
 
+MAX_TOKENS = 50_000  # a pull request's suite may not make a preview write more, per workspace
+
+
+def too_costly(suite: EvalSuite, max_tokens: int) -> str:
+    """Why a suite is not previewed for what it would ask (a pull request's author sets it), or ''."""
+    if suite.most_tokens <= max_tokens:
+        return ""
+    return (
+        f"it asks for up to {suite.most_tokens:,} tokens per workspace (cases' and load's max_tokens), "
+        f"more than --preview-max-tokens {max_tokens:,}; run it with `kaito-gitops eval`"
+    )
+
+
 def refused_section(why: str) -> str:
     return f"### Eval :warning:\n\n{why[0].upper() + why[1:]}.\n"
 
@@ -103,10 +116,13 @@ def outcome_of(
     *,
     ran: str = "",
     not_here: str = "on this machine",
+    refused: list[str] = (),
 ) -> PreviewOutcome:
-    """`ran`: where and against what (default: both revisions on the daemon's machine)."""
+    """`ran`: where and against what (default: both revisions on the daemon's machine).
+    `skipped` suites do not count (too big for where previews run); `refused` ones fail the
+    status: what the pull request itself asks for must not pass the gate by not running."""
     failed = any(not r.thresholds_met for r in results)
-    icon = ":x:" if failed else ":white_check_mark:"
+    icon = ":x:" if failed or refused else ":white_check_mark:"
     parts = [f"### Eval {icon}", ""]
     ran = ran or (
         f"against `{job.base_ref}` (base) and `{job.head_sha[:12]}` (head) on the "
@@ -118,15 +134,21 @@ def outcome_of(
             "",
             markdown(results, base),
         ]
+    if refused:
+        parts += ["_Refused (the check fails until the suite asks for less):_", ""]
+        parts += [f"- {line}" for line in refused] + [""]
     if skipped:
         parts += [f"_Not previewed {not_here}:_", ""] + [f"- {line}" for line in skipped] + [""]
-    if results:
-        description = _summary(results, base)
+    if failed:
+        state, description = "failure", _summary(results, base)
+    elif refused:
+        state, description = "error", "not previewed: " + refused[0].replace("`", "")
+    elif results:
+        state, description = "success", _summary(results, base)
     else:
+        state = "success"
         description = f"not previewed {not_here}: " + (skipped[0] if skipped else "nothing to run")
-    return PreviewOutcome(
-        job, "failure" if failed else "success", description[:140], "\n".join(parts), results, base
-    )
+    return PreviewOutcome(job, state, description[:140], "\n".join(parts), results, base)
 
 
 class PreviewRunner:
@@ -146,9 +168,15 @@ class PreviewRunner:
         max_pending: int = 4,
         previewer=None,
         upkeep_every: float = 60.0,
+        max_tokens: int = MAX_TOKENS,
     ):
         self.previewer = previewer or LocalPreviewer(
-            Path(state_dir), namespace=namespace, policy=policy, byo_nodes=byo_nodes, timeout=timeout
+            Path(state_dir),
+            namespace=namespace,
+            policy=policy,
+            byo_nodes=byo_nodes,
+            timeout=timeout,
+            max_tokens=max_tokens,
         )
         self.on_done = on_done
         self.max_pending = max_pending
@@ -174,7 +202,12 @@ class PreviewRunner:
                 return None
             self._queue.append(job)
             self._cond.notify()
-            return len(self._queue) - 1 + (self.running is not None)
+            superseded = self.running is not None and self.running.number == job.number
+            ahead = len(self._queue) - 1 + (self.running is not None)
+        if superseded:  # its result would be dropped: stop spending on it
+            log.info("eval preview superseded by a newer push", pr=job.number)
+            self.previewer.cancel()
+        return ahead
 
     def forget(self, number: int) -> None:
         """The pull request was merged or closed: drop its queued preview; the worker removes what
@@ -215,7 +248,7 @@ class PreviewRunner:
                 continue
             try:
                 outcome = self.previewer.run(job)
-            except Exception as e:  # a preview never stops the reviewer
+            except Exception as e:  # a preview never stops the reviewer (nor a cancelled one's end)
                 log.warning("eval preview failed", pr=job.number, error=error_text(e))
                 outcome = PreviewOutcome(
                     job,
@@ -232,12 +265,22 @@ class PreviewRunner:
 class LocalPreviewer:
     """Base and head served as local processes under `state_dir/pr-<number>/{base,head}`."""
 
-    def __init__(self, state_dir: Path, *, namespace="default", policy=None, byo_nodes=False, timeout=600.0):
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        namespace="default",
+        policy=None,
+        byo_nodes=False,
+        timeout=600.0,
+        max_tokens: int = MAX_TOKENS,
+    ):
         self.state_dir = state_dir
         self.namespace, self.policy, self.byo_nodes = namespace, policy, byo_nodes
-        self.timeout = timeout
+        self.timeout, self.max_tokens = timeout, max_tokens
         self._target = None  # the LocalTarget of the preview that runs now
         self._stopped = False
+        self._cancelled = False  # the running preview was superseded
 
     def describe(self, job: PreviewJob) -> tuple[str, str]:
         return LOCAL_WHERE, ""
@@ -250,8 +293,12 @@ class LocalPreviewer:
 
     def stop(self) -> None:
         self._stopped = True
+        self.cancel()
+
+    def cancel(self) -> None:
+        self._cancelled = True
         target = self._target
-        if target is not None:
+        if target is not None:  # its requests fail at once and the preview ends
             target.close()
 
     def run(self, job: PreviewJob) -> PreviewOutcome:
@@ -259,12 +306,13 @@ class LocalPreviewer:
         from ..planning import plan_revision
         from ..targets.local import refusal_of
 
+        self._cancelled = False
         base_rev, head_rev = revisions(job, self.namespace, "local", self.byo_nodes, self.policy)
         base_state, head_state = plan_revision(base_rev), plan_revision(head_rev)
         suites = [s for s in head_rev.suites if s.name in job.suites and s.valid]
         folder = self.state_dir / f"pr-{job.number}"
         shutil.rmtree(folder, ignore_errors=True)
-        runnable, skipped = [], []
+        runnable, skipped, refused = [], [], []
         for s in suites:
             refusals = [
                 refusal_of(state.plans[k])
@@ -273,7 +321,10 @@ class LocalPreviewer:
                 if k in state.plans
             ]
             why = next((r for r in refusals if r), "")
-            if why:
+            costly = too_costly(s, self.max_tokens)
+            if costly:
+                refused.append(f"`{s.name}`: {costly}")
+            elif why:
                 skipped.append(f"`{s.name}`: {why}")
             else:
                 runnable.append(s)
@@ -288,10 +339,10 @@ class LocalPreviewer:
             seconds=round(seconds, 1),
             met=all(r.thresholds_met for r in head),
         )
-        return outcome_of(job, head, base, skipped, seconds)
+        return outcome_of(job, head, base, skipped, seconds, refused=refused)
 
     def _serve_and_ask(self, rev, state, suites, folder: Path, run_suites) -> list:
-        if not suites or self._stopped:
+        if not suites or self._stopped or self._cancelled:
             return []
         from ..targets.local import LocalTarget
 

@@ -82,6 +82,12 @@ class EvalSuite:
     def valid(self) -> bool:
         return not any(f.is_error for f in self.errors)
 
+    @property
+    def most_tokens(self) -> int:
+        """The most tokens one run asks the model to write, per workspace (cases, then load)."""
+        load = self.load.requests * self.load.max_tokens if self.load else 0
+        return sum(c.max_tokens for c in self.cases) + load
+
 
 CHECK_KEYS = ("contains", "not_contains", "regex", "equals", "json_schema", "choices", "answer")
 

@@ -530,6 +530,7 @@ def build_reviewer(daemon, cfg) -> GitHubReviewer:
             byo_nodes=daemon.render.byo_nodes,
             timeout=cfg.preview_timeout,
             max_pending=cfg.preview_queue,
+            max_tokens=cfg.preview_max_tokens,
             previewer=cluster_previewer(daemon, cfg) if cfg.preview_target == "kubernetes" else None,
         )
     daemon.on_pass.append(reviewer.on_pass)
@@ -557,4 +558,5 @@ def cluster_previewer(daemon, cfg):
         byo_nodes=daemon.render.byo_nodes,
         timeout=cfg.preview_timeout,
         reach=cfg.preview_reach,
+        max_tokens=cfg.preview_max_tokens,
     )
