@@ -50,6 +50,44 @@ def test_suites_to_preview_are_those_of_changed_workspaces_and_changed_suites(va
     assert suites_to_preview(base, broken, {("default", "other")}) == [], "an invalid suite is not run"
 
 
+def test_after_a_restart_the_figures_stay_in_status_and_a_regression_is_still_flagged(validate):
+    from types import SimpleNamespace
+
+    from test_eval_preview_cluster import answering
+
+    from reconciler.evals.deployed import figures_in_status
+    from reconciler.manifests import dump
+
+    rev = validate({"smollm2.yaml": SMOL, "evals/geo.yaml": SUITE.replace("adapter: geo\n", "")})
+    [suite] = rev.suites
+    before = {
+        "suite": "geo",
+        "file": suite.path,
+        "revision": "a" * 12,
+        "passRate": 1.0,
+        "thresholdsMet": True,
+    }
+    files = {  # the status branch as the daemon left it before it restarted
+        "status/default/smollm2.yaml": dump({"name": "smollm2", "evals": [before]}),
+        "status/default/broken.yaml": "{{{",
+        "STATUS.md": "# Status\n",
+    }
+    seed = figures_in_status(files)
+    assert seed == {("default", "smollm2"): (before,)}
+    daemon = SimpleNamespace(on_pass=[], evals={}, poke=lambda: None)  # what DeployedEvals reads and sets
+    deployed = DeployedEvals(daemon, seed=seed)
+    try:
+        assert daemon.evals == seed, "status keeps the figures until the suite runs again"
+        with answering("Lyon.") as server:  # the new revision answers wrongly
+            doc = deployed._evaluate(
+                suite, ("default", "smollm2"), f"http://127.0.0.1:{server.server_port}", "b" * 40
+            )
+        assert doc["passRate"] == 0.0 and doc["regression"], doc
+        assert doc["previous"] == {"revision": "a" * 12, "passRate": 1.0, "thresholdsMet": True}
+    finally:
+        deployed.close()
+
+
 def test_a_suite_that_asks_too_much_is_refused_and_fails_the_check_without_starting_anything(tmp_path):
     from reconciler.evals.preview import LocalPreviewer, PreviewJob
 

@@ -59,12 +59,44 @@ def _suite_hash(suite) -> str:
     ]
 
 
+def figures_in_status(files: dict[str, str]) -> dict[tuple[str, str], tuple[dict, ...]]:
+    """The `evals:` entries of status files (`status/<ns>/<name>.yaml` -> text), by workspace:
+    what a daemon that restarts compares its next figures with. Unreadable files are skipped."""
+    from ruamel.yaml import YAML, YAMLError
+
+    yaml = YAML(typ="safe")
+    out = {}
+    for path, text in files.items():
+        parts = path.split("/")
+        if len(parts) != 3 or parts[0] != "status" or not parts[2].endswith(".yaml"):
+            continue
+        try:
+            doc = yaml.load(text)
+        except YAMLError:
+            continue
+        entries = doc.get("evals") if isinstance(doc, dict) else None
+        if isinstance(entries, list):
+            good = tuple(
+                e for e in entries if isinstance(e, dict) and {"file", "revision", "passRate"} <= e.keys()
+            )
+            if good:
+                out[(parts[1], parts[2][: -len(".yaml")])] = good
+    return out
+
+
 class DeployedEvals:
-    def __init__(self, daemon, *, load: bool = False):
+    def __init__(self, daemon, *, load: bool = False, seed: dict | None = None):
+        """`seed`: figures_in_status() of the status branch, so a restart keeps the figures in
+        status and still flags a regression against the revision before it."""
         self.daemon = daemon
         self.load = load
         self._done: dict[tuple, str] = {}  # (suite path, workspace) -> signature it ran against
         self._last: dict[tuple, dict] = {}  # (suite path, workspace) -> figures at the last revision
+        for key, entries in (seed or {}).items():
+            for e in entries:
+                self._last[(e["file"], key)] = {**e, "_previous": e.get("previous")}
+        if seed:
+            daemon.evals = {**seed, **daemon.evals}
         self._queue: list[tuple] = []
         self._cond = threading.Condition()
         self._stop = False

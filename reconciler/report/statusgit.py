@@ -103,6 +103,10 @@ class StatusWriter:
         self.source.fetch(f"+{ref}:refs/kaito-gitops/status-tip")
         return self.repo.commit("refs/kaito-gitops/status-tip").hexsha
 
+    def read(self) -> dict[str, str]:
+        """The status folder as the remote has it now."""
+        return self.current_files(self._remote_tip())
+
     def current_files(self, tip: str | None) -> dict[str, str]:
         """The status folder at `tip`, by path relative to it (only that folder is read)."""
         if not tip:
