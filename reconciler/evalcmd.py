@@ -69,6 +69,9 @@ def _ask(probe, suite, target, key, plan) -> tuple[list, str]:
     remaining cases would only fail the same way, after their timeouts)."""
     cases = []
     for i, case in enumerate(suite.cases):
+        gave_up = target.failed(key)  # refused, out of retries, or the preview was called off
+        if gave_up:
+            return cases, f"{key[0]}/{key[1]}: {gave_up}; {len(suite.cases) - i} case(s) not run"
         result = probe.run_case(case)
         cases.append(result)
         if result.passed or not result.why.startswith("request failed"):

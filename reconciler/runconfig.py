@@ -190,7 +190,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "preview_target": "run the eval suites a pull request touches, base and head, and put the "
         "results in its comment and the kaito-gitops/eval status: off | local (on this machine) | "
         "kubernetes (the head in a pr-<number> namespace, against the deployed workspaces)",
-        "preview_timeout": "how long a previewed workspace may take to serve (10m; GPU nodes take longer)",
+        "preview_timeout": "how long a previewed workspace may take to serve (10m; 30m with --preview-target "
+        "kubernetes, where nodes come first)",
         "preview_max_tokens": "a suite that may ask for more tokens per workspace (cases' and load's "
         "max_tokens) is not previewed: pull requests cannot make previews run for hours",
         "preview_ttl": "a cluster preview is torn down this long after the pull request's last push",
@@ -251,6 +252,8 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         raise ValueError(f"--preview-target must be off, local or kubernetes, not {cfg.preview_target!r}")
     if cfg.preview_target == "kubernetes" and cfg.target != "kubernetes":
         raise ValueError("--preview-target kubernetes needs --target kubernetes (the cluster it previews in)")
+    if cfg.preview_target == "kubernetes" and not _given(args, environ, file_values, "preview_timeout"):
+        cfg.preview_timeout = 1800.0  # GPU nodes, then the model's download, take many minutes
     if cfg.preview_reach not in ("service", "proxy"):
         raise ValueError(f"--preview-reach must be service or proxy, not {cfg.preview_reach!r}")
     if cfg.preview_max < 1 or cfg.preview_max_price < 0 or cfg.preview_ttl <= 0:

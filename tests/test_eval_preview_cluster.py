@@ -254,7 +254,7 @@ def test_a_pr_previewed_in_its_own_namespace_and_pool_then_torn_down_on_close_an
             assert kube.get_object("v1", "Namespace", None, "pr-8") is None
             # closing pr-7 tears it down: workload, namespace, then its pool (not the daemon's)
             gh.close_pull(OWNER, REPO, 7, merged=False)
-            r.review_now(7)
+            r.poll()  # no webhook: the open list no longer has it, so the reviewer looks again
             wait_until(lambda: not preview_pools(arm), timeout=30, what="the preview's pool released")
             assert kube.get_object("v1", "Namespace", None, "pr-7") is None
             assert not in_namespace(kube, "StatefulSet", "pr-7") and main_pool in arm.pools()
@@ -265,7 +265,19 @@ def test_a_pr_previewed_in_its_own_namespace_and_pool_then_torn_down_on_close_an
             assert verdict(gh, head9)["state"] == "success", verdict(gh, head9)
             assert preview_pools(arm) and kube.get_object("v1", "Namespace", None, "pr-9")
             r.previews.close()
-            later = previewer(kube, arm, clock)  # a restarted daemon: nothing in memory
+            later = previewer(kube, arm, clock, max_previews=2, max_price_per_hour=5.0)  # a restart
+            job = PreviewJob(
+                11,
+                "b" * 40,
+                "main",
+                [],
+                [
+                    ("workspaces/smol.yaml", smol_ws("smol", sku=A100).encode()),
+                    ("workspaces/evals/geo.yaml", SUITE.encode()),
+                ],
+                ("geo",),
+            )
+            assert "the previews up now $3.67/h, over --preview-max-price $5.00/h" in later.describe(job)[1]
             later.upkeep()
             assert kube.get_object("v1", "Namespace", None, "pr-9"), "not expired yet"
             clock[0] += 3601
@@ -300,6 +312,8 @@ def test_a_preview_over_the_price_cap_or_in_a_namespace_not_ours_is_refused(worl
     ):
         previewer(kube, arm, [0.0]).run(job)  # the runner turns this into the comment's error
     assert not preview_pools(arm) and not in_namespace(kube, "StatefulSet", "pr-5"), "nothing was started"
+    previewer(kube, arm, [0.0]).forget(5)  # pull request 5 closes: a namespace not ours stays
+    assert kube.get_object("v1", "Namespace", None, "pr-5") is not None
 
 
 def test_a_newer_push_cancels_the_running_preview_and_a_costly_suite_is_refused(world, cluster, tmp_path):  # noqa: F811

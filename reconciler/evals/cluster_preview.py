@@ -14,6 +14,8 @@ previewed (it would need data or credentials copied into the preview namespace).
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -41,6 +43,28 @@ class Caps:
     ttl: float = 3600.0  # seconds after the last push
     max_previews: int = 2  # preview namespaces at once
     max_price_per_hour: float = 10.0  # every preview's node pools together
+
+
+def over_caps(live: dict, number: int, price: float, caps: Caps) -> str:
+    """Why pull request `number`'s preview at `price` $/h may not run beside the `live` ones
+    ({number: LivePreview}), or ''."""
+    up = {n: p for n, p in live.items() if not p.terminating and n != number}
+    if number not in live and len(up) >= caps.max_previews:
+        names = ", ".join(f"pr-{n}" for n in sorted(up))
+        return (
+            f"not previewed: {len(up)} preview(s) run in the cluster already ({names}), as many as "
+            f"--preview-max allows; push again once one ends (merge, close or its TTL)"
+        )
+    running = sum(p.price_per_hour for p in up.values())
+    if price + running > caps.max_price_per_hour:
+        return (
+            f"not previewed: it needs {money(price)}/h and the previews up now {money(running)}/h, "
+            f"over --preview-max-price {money(caps.max_price_per_hour)}/h"
+        )
+    return ""
+
+
+_GUID = re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b")
 
 
 def _labelled(obj: dict, number: int) -> dict:
@@ -97,7 +121,8 @@ class Prepared:
 
 
 class ClusterPreviewer:
-    """The previewer `PreviewRunner` drives for `--preview-target kubernetes`."""
+    """The previewer `PreviewRunner` drives for `--preview-target kubernetes`. Everything but
+    `describe` runs on the runner's one worker thread."""
 
     def __init__(
         self,
@@ -114,13 +139,17 @@ class ClusterPreviewer:
         refresh_every: float = 5.0,
         clock=time.time,
         max_tokens: int = MAX_TOKENS,
+        deployed=None,
     ):
+        """`deployed`: the daemon's own KubernetesTarget, read (never refreshed) for the base;
+        without it, one of our own that lists the cluster while a base is asked."""
         from ..targets.kubernetes import PREVIEW_SELECTOR, KubernetesTarget
         from ..targets.preview_cluster import PreviewNamespaces
 
         self.api_client = api_client
         self.target = KubernetesTarget(api_client, selector=PREVIEW_SELECTOR)  # the previews' objects
-        self.deployed = KubernetesTarget(api_client)  # read only: the base endpoints
+        self.deployed = deployed or KubernetesTarget(api_client)
+        self._refresh_deployed = deployed is None
         self.provisioner = provisioner
         self.namespaces = PreviewNamespaces(api_client)
         self.render = render or RenderSettings()
@@ -129,21 +158,22 @@ class ClusterPreviewer:
         self.timeout, self.reach, self.refresh_every = timeout, reach, refresh_every
         self.clock = clock
         self.max_tokens = max_tokens
-        self.prices: dict[int, float] = {}  # pull request -> $/hour of its preview, while it is up
+        self._job: PreviewJob | None = None  # the one running
+        self._cancelled = threading.Event()
         self._stages: list = []
-        self._stopped = False
 
     # -- before it starts -------------------------------------------------------------------------
     def prepare(self, job: PreviewJob) -> Prepared:
         from ..catalog import load_catalog
         from ..planning import plan_revision
-        from ..targets.preview_cluster import preview_namespace
+        from ..targets.preview_cluster import PREFIX, preview_namespace
 
         base_rev, head_rev = revisions(job, self.namespace, "kubernetes", self.byo_nodes, self.policy)
         base_state, planned = plan_revision(base_rev), plan_revision(head_rev)
         settings = replace(self.render, revision=job.head_sha[:12])
         catalog, ns = load_catalog(), preview_namespace(job.number)
         head_state = DesiredState()
+        taken: dict[str, tuple[str, str]] = {}  # name in the preview namespace -> workspace
         runnable, skipped, refused = [], [], []
         for s in (s for s in head_rev.suites if s.name in job.suites and s.valid):
             costly = too_costly(s, self.max_tokens)
@@ -160,12 +190,18 @@ class ClusterPreviewer:
                     r = refs[0]
                     why = (
                         f"{key[1]} uses {r.kind} {r.name} ({'.'.join(map(str, r.field))}), which a preview "
-                        f"namespace does not have"
+                        "namespace does not have"
                     )
-                    break
-                if plan.problems:
+                elif re.fullmatch(re.escape(PREFIX) + r"\d+", key[0]):
+                    why = f"{key[0]}/{key[1]} lives in a namespace named like a preview's; previews leave it alone"
+                elif taken.get(key[1], key) != key:
+                    other = taken[key[1]]
+                    why = f"{key[0]}/{key[1]} and {other[0]}/{other[1]} would share the name {key[1]} in {ns}"
+                elif plan.problems:
                     why = f"{key[1]}: {plan.problems[0]}"
+                if why:
                     break
+                taken[key[1]] = key
                 if key not in head_state.plans:
                     head_state.plans[key] = preview_plan(
                         plan, ns, job.number, head_rev.configmaps, settings, catalog
@@ -178,23 +214,6 @@ class ClusterPreviewer:
         head_state.plans = {k: p for k, p in head_state.plans.items() if k in wanted}
         return Prepared(base_rev, head_rev, base_state, head_state, runnable, skipped, refused)
 
-    def _over_caps(self, number: int, price: float) -> str:
-        live = {n for n, (_, terminating) in self.namespaces.live().items() if not terminating}
-        others = sorted(live - {number})
-        if number not in live and len(others) >= self.caps.max_previews:
-            names = ", ".join(f"pr-{n}" for n in others)
-            return (
-                f"not previewed: {len(others)} preview(s) run in the cluster already ({names}), as many as "
-                f"--preview-max allows; push again once one ends (merge, close or its TTL)"
-            )
-        running = sum(self.prices.get(n, 0.0) for n in others)
-        if price + running > self.caps.max_price_per_hour:
-            return (
-                f"not previewed: it needs {money(price)}/h and the previews up now {money(running)}/h, "
-                f"over --preview-max-price {money(self.caps.max_price_per_hour)}/h"
-            )
-        return ""
-
     def describe(self, job: PreviewJob) -> tuple[str, str]:
         prep = self.prepare(job)
         price = prep.price_per_hour
@@ -205,10 +224,18 @@ class ClusterPreviewer:
             f"last push (at most {money(price * self.caps.ttl / 3600)} a push); the base is the "
             "workspaces deployed now"
         )
-        return where, self._over_caps(job.number, price) if prep.suites else ""
+        return where, over_caps(self.namespaces.live(), job.number, price, self.caps) if prep.suites else ""
 
     # -- the preview --------------------------------------------------------------------------------
     def run(self, job: PreviewJob) -> PreviewOutcome:
+        self._job = job
+        self._cancelled.clear()
+        try:
+            return self._scrubbed(self._run(job))
+        finally:
+            self._job, self._stages = None, []
+
+    def _run(self, job: PreviewJob) -> PreviewOutcome:
         from ..evalcmd import run_suites
         from ..targets.preview_cluster import ClusterStage, DeployedStage, preview_namespace
 
@@ -216,23 +243,26 @@ class ClusterPreviewer:
         ns = preview_namespace(job.number)
         if not prep.suites:
             return outcome_of(job, [], [], prep.skipped, 0.0, not_here="in the cluster", refused=prep.refused)
-        refusal = self._over_caps(job.number, prep.price_per_hour)
+        refusal = over_caps(self.namespaces.live(), job.number, prep.price_per_hour, self.caps)
         if refusal:
             return PreviewOutcome(job, "error", refusal[:140], f"### Eval :warning:\n\n{refusal}.\n")
-        self.namespaces.ensure(job.number, self.clock() + self.caps.ttl)
-        self.prices[job.number] = prep.price_per_hour
+        if self._cancelled.is_set():
+            return _superseded(job)
+        self.namespaces.ensure(job.number, self.clock() + self.caps.ttl, prep.price_per_hour)
+        self._drop_others(ns, {p.key for p in prep.head_state.plans.values()})
         say = lambda text: log.info("eval preview: " + text, pr=job.number)  # noqa: E731
         log.info("eval preview", pr=job.number, namespace=ns, suites=[s.name for s in prep.suites])
         t0 = time.perf_counter()
-        base_stage = DeployedStage(self.deployed, self.reach, self.refresh_every)
+        base_stage = DeployedStage(
+            self.deployed, self.reach, self.refresh_every, refresh=self._refresh_deployed
+        )
         head_stage = ClusterStage(self.target, self.provisioner, ns, self.reach, self.refresh_every)
         self._stages = [base_stage, head_stage]
-        try:
-            # the base is what serves now: ready or not, waiting would not make it so
-            base = run_suites(prep.base_rev, prep.base_state, prep.suites, base_stage, BASE_WAIT, say=say)
-            head = run_suites(prep.head_rev, prep.head_state, prep.suites, head_stage, self.timeout, say=say)
-        finally:
-            self._stages = []
+        if self._cancelled.is_set():
+            return _superseded(job)
+        # the base is what serves now: ready or not, waiting would not make it so
+        base = run_suites(prep.base_rev, prep.base_state, prep.suites, base_stage, BASE_WAIT, say=say)
+        head = run_suites(prep.head_rev, prep.head_state, prep.suites, head_stage, self.timeout, say=say)
         seconds = time.perf_counter() - t0
         log.info("eval preview done", pr=job.number, seconds=round(seconds, 1))
         ran = (
@@ -244,49 +274,83 @@ class ClusterPreviewer:
             job, head, base, prep.skipped, seconds, ran=ran, not_here="in the cluster", refused=prep.refused
         )
 
-    def stop(self) -> None:
-        self._stopped = True
-        for stage in self._stages:
-            stage.stopped = "the daemon is stopping"
+    def _drop_others(self, ns: str, keep: set) -> None:
+        """A push that previews fewer workspaces: the others leave the namespace (and their pools)."""
+        self.target.refresh()
+        for key in [k for k in self.target.live_workspaces() if k[0] == ns and k not in keep]:
+            self.target.remove(key)
+            log.info("eval preview: no longer previewed", workspace=f"{key[0]}/{key[1]}")
+        self.provisioner.refresh()
+        for key in sorted(k for k in self.provisioner.owned() if k[0] == ns and k not in keep):
+            self.provisioner.release(key)
 
-    def cancel(self) -> None:
-        """A newer push supersedes the running preview: its waits end; the next run updates the
-        same namespace in place (what is up stays up for it)."""
+    def _scrubbed(self, outcome: PreviewOutcome) -> PreviewOutcome:
+        """Pull-request comments may be public: no API server address, no subscription ids."""
+        host = (self.api_client.configuration.host or "").rstrip("/")
+
+        def scrub(text: str) -> str:
+            text = text.replace(host, "<api-server>") if host else text
+            return _GUID.sub("<id>", text)
+
+        return replace(outcome, section=scrub(outcome.section), description=scrub(outcome.description))
+
+    def cancel(self, job: PreviewJob | None = None) -> None:
+        """A newer push (or a close) supersedes `job`: if it is the one running, its waits end
+        and no more cases are asked; what is deployed stays for the next run to update in place."""
+        if job is not None and job is not self._job:
+            return
+        self._cancelled.set()
         for stage in self._stages:
             stage.stopped = "superseded by a newer push"
+
+    def stop(self) -> None:
+        self._cancelled.set()
+        for stage in self._stages:
+            stage.stopped = "the daemon is stopping"
 
     # -- teardown -----------------------------------------------------------------------------------
     def forget(self, number: int) -> None:
         """Merged or closed: the workloads, then the namespace; the pools follow in `upkeep`."""
-        self._teardown(number, "the pull request was merged or closed")
+        preview = self.namespaces.live().get(number)
+        if preview is not None and not preview.terminating:
+            self._teardown(preview, "the pull request was merged or closed")
+        self._release_pools()
 
-    def _teardown(self, number: int, why: str) -> None:
+    def _teardown(self, preview, why: str) -> None:
         from ..targets.preview_cluster import preview_namespace
 
-        ns = preview_namespace(number)
+        ns = preview_namespace(preview.number)
         self.target.refresh()
         for key in [k for k in self.target.live_workspaces() if k[0] == ns]:
             self.target.remove(key)
-        self.namespaces.delete(number)
-        self.prices.pop(number, None)
-        log.info("eval preview torn down", pr=number, namespace=ns, why=why)
-        self._release_pools()
+        if self._refresh_deployed:
+            self.deployed.refresh()
+        ours = [k for k in self.deployed.live_workspaces() if k[0] == ns]
+        if ours:  # the daemon put workspaces of the repository there since: the namespace stays
+            log.warning("eval preview namespace holds deployed workspaces; not deleted", namespace=ns)
+        else:
+            self.namespaces.delete(preview)
+        log.info("eval preview torn down", pr=preview.number, namespace=ns, why=why)
 
     def upkeep(self) -> None:
         """Tear down previews past their expiry; release pools whose preview namespace is gone."""
         now = self.clock()
-        for number, (expires, terminating) in self.namespaces.live().items():
-            if not terminating and expires is not None and expires <= now:
-                self._teardown(number, "its time to live ran out")
+        for preview in self.namespaces.live().values():
+            if not preview.terminating and preview.expires_at is not None and preview.expires_at <= now:
+                self._teardown(preview, "its time to live ran out")
         self._release_pools()
 
     def _release_pools(self) -> None:
         from ..targets.preview_cluster import preview_namespace
 
-        live = {
-            preview_namespace(n) for n, (_, terminating) in self.namespaces.live().items() if not terminating
-        }
+        live = {preview_namespace(n) for n, p in self.namespaces.live().items() if not p.terminating}
         self.provisioner.refresh()
         for key in sorted(self.provisioner.owned()):
             if key[0] not in live:
                 self.provisioner.release(key)
+
+
+def _superseded(job: PreviewJob) -> PreviewOutcome:
+    return PreviewOutcome(
+        job, "error", "superseded by a newer push", "### Eval\n\nSuperseded by a newer push.\n"
+    )

@@ -121,8 +121,9 @@ def outcome_of(
     """`ran`: where and against what (default: both revisions on the daemon's machine).
     `skipped` suites do not count (too big for where previews run); `refused` ones fail the
     status: what the pull request itself asks for must not pass the gate by not running."""
-    failed = any(not r.thresholds_met for r in results)
-    icon = ":x:" if failed or refused else ":white_check_mark:"
+    failed = any(not r.thresholds_met and not r.error for r in results)
+    broken = [r for r in results if r.error]  # it did not serve, or stopped: not a verdict on answers
+    icon = ":x:" if failed or refused or broken else ":white_check_mark:"
     parts = [f"### Eval {icon}", ""]
     ran = ran or (
         f"against `{job.base_ref}` (base) and `{job.head_sha[:12]}` (head) on the "
@@ -141,6 +142,8 @@ def outcome_of(
         parts += [f"_Not previewed {not_here}:_", ""] + [f"- {line}" for line in skipped] + [""]
     if failed:
         state, description = "failure", _summary(results, base)
+    elif broken:
+        state, description = "error", f"{broken[0].suite.name} could not run: {broken[0].error}"
     elif refused:
         state, description = "error", "not previewed: " + refused[0].replace("`", "")
     elif results:
@@ -202,11 +205,11 @@ class PreviewRunner:
                 return None
             self._queue.append(job)
             self._cond.notify()
-            superseded = self.running is not None and self.running.number == job.number
-            ahead = len(self._queue) - 1 + (self.running is not None)
-        if superseded:  # its result would be dropped: stop spending on it
+            running = self.running
+            ahead = len(self._queue) - 1 + (running is not None)
+        if running is not None and running.number == job.number:  # its result would be dropped
             log.info("eval preview superseded by a newer push", pr=job.number)
-            self.previewer.cancel()
+            self.previewer.cancel(running)  # that job only: never the next one of this pull request
         return ahead
 
     def forget(self, number: int) -> None:
@@ -215,7 +218,10 @@ class PreviewRunner:
         with self._cond:
             self._queue = [j for j in self._queue if j.number != number]
             self._forgotten.append(number)
+            running = self.running
             self._cond.notify()
+        if running is not None and running.number == number:
+            self.previewer.cancel(running)
 
     def close(self) -> None:
         with self._cond:
@@ -228,11 +234,16 @@ class PreviewRunner:
     def _upkeep(self) -> None:
         with self._cond:
             forgotten, self._forgotten = self._forgotten, []
-        try:
-            for number in forgotten:
+        for number in forgotten:
+            try:
                 self.previewer.forget(number)
+            except Exception as e:  # the next round tries again
+                log.warning("eval preview teardown failed", pr=number, error=error_text(e))
+                with self._cond:
+                    self._forgotten.append(number)
+        try:
             self.previewer.upkeep()
-        except Exception as e:  # the next round tries again
+        except Exception as e:
             log.warning("eval preview upkeep failed", error=error_text(e))
 
     def _run(self) -> None:
@@ -281,6 +292,7 @@ class LocalPreviewer:
         self._target = None  # the LocalTarget of the preview that runs now
         self._stopped = False
         self._cancelled = False  # the running preview was superseded
+        self._job: PreviewJob | None = None
 
     def describe(self, job: PreviewJob) -> tuple[str, str]:
         return LOCAL_WHERE, ""
@@ -295,18 +307,26 @@ class LocalPreviewer:
         self._stopped = True
         self.cancel()
 
-    def cancel(self) -> None:
+    def cancel(self, job: PreviewJob | None = None) -> None:
+        if job is not None and job is not self._job:
+            return  # it ended already; the one running now is another
         self._cancelled = True
         target = self._target
         if target is not None:  # its requests fail at once and the preview ends
             target.close()
 
     def run(self, job: PreviewJob) -> PreviewOutcome:
+        self._job, self._cancelled = job, False
+        try:
+            return self._run(job)
+        finally:
+            self._job = None
+
+    def _run(self, job: PreviewJob) -> PreviewOutcome:
         from ..evalcmd import run_suites
         from ..planning import plan_revision
         from ..targets.local import refusal_of
 
-        self._cancelled = False
         base_rev, head_rev = revisions(job, self.namespace, "local", self.byo_nodes, self.policy)
         base_state, head_state = plan_revision(base_rev), plan_revision(head_rev)
         suites = [s for s in head_rev.suites if s.name in job.suites and s.valid]

@@ -169,9 +169,13 @@ class GitHubReviewer:
         pulls = self.gh.rest.paginate(
             self.gh.rest.pulls.list, owner=self.owner, repo=self.repo, state="open", per_page=100
         )
+        open_now = set()
         for pr in pulls:
+            open_now.add(pr.number)
             if self._reviewed.get(pr.number) != pr.head.sha:
                 self.enqueue(pr.number)
+        for number in sorted(set(self._reviewed) - open_now):  # closed or merged unseen: tear down
+            self.enqueue(number)
 
     # -- one review ---------------------------------------------------------------------------
     def _note_rate(self, resp) -> None:
@@ -195,6 +199,7 @@ class GitHubReviewer:
         self._note_rate(resp)
         pr = resp.json()
         if pr.get("merged") or pr.get("state") != "open":
+            self._reviewed.pop(number, None)
             if self.previews is not None:
                 self.previews.forget(number)
             if pr.get("merged"):
@@ -559,4 +564,5 @@ def cluster_previewer(daemon, cfg):
         timeout=cfg.preview_timeout,
         reach=cfg.preview_reach,
         max_tokens=cfg.preview_max_tokens,
+        deployed=daemon.target,  # its snapshot is what serves now; no second listing of the cluster
     )

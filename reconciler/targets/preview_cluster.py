@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from kubernetes import client
@@ -28,6 +28,7 @@ from .base import ObjectsResult, WorkspaceKey
 from .kubernetes import APPLY, FIELD_MANAGER, TIMEOUT, _json, endpoint
 
 ANNOTATION_EXPIRES = "kaito-gitops.io/expires-at"
+ANNOTATION_PRICE = "kaito-gitops.io/price-per-hour"  # the preview's node pools, for the cap after a restart
 PREFIX = "pr-"
 
 
@@ -46,6 +47,29 @@ def _epoch(text: str) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class LivePreview:
+    """A preview namespace as the cluster has it."""
+
+    number: int
+    uid: str
+    expires_at: float | None
+    price_per_hour: float
+    terminating: bool
+
+
+def _number(ns: dict) -> int | None:
+    """The pull request of one of our preview namespaces; None for anything else (a namespace
+    labelled by hand, `pr-007`, a label that does not match the name)."""
+    md = ns.get("metadata") or {}
+    label = (md.get("labels") or {}).get(LABEL_PREVIEW, "")
+    if not (label.isdigit() and label == str(int(label)) and md.get("name") == preview_namespace(int(label))):
+        return None
+    if (md.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return None
+    return int(label)
+
+
 class PreviewNamespaces:
     """The `pr-<number>` namespaces: made (or their expiry moved) per preview, listed, deleted."""
 
@@ -53,7 +77,7 @@ class PreviewNamespaces:
         self.core = client.CoreV1Api(api_client)
         self.timeout = timeout
 
-    def ensure(self, number: int, expires_at: float) -> None:
+    def ensure(self, number: int, expires_at: float, price_per_hour: float = 0.0) -> None:
         """Make the namespace, or move its expiry; refused when a namespace of that name is not a
         preview of this pull request (tearing the preview down would delete what it holds)."""
         name = preview_namespace(number)
@@ -65,7 +89,7 @@ class PreviewNamespaces:
             if e.status != 404:
                 raise
             live = None
-        if live is not None and (live["metadata"].get("labels") or {}).get(LABEL_PREVIEW) != str(number):
+        if live is not None and _number(live) != number:
             raise RuntimeError(
                 f"namespace {name} exists and is not kaito-gitops' preview of pull request {number}; "
                 "previews will not use it (rename it, or turn previews off)"
@@ -76,7 +100,10 @@ class PreviewNamespaces:
             "metadata": {
                 "name": name,
                 "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_PREVIEW: str(number)},
-                "annotations": {ANNOTATION_EXPIRES: _iso(expires_at)},
+                "annotations": {
+                    ANNOTATION_EXPIRES: _iso(expires_at),
+                    ANNOTATION_PRICE: f"{price_per_hour:g}",
+                },
             },
         }
         self.core.patch_namespace(
@@ -89,8 +116,8 @@ class PreviewNamespaces:
             _request_timeout=self.timeout,
         )
 
-    def live(self) -> dict[int, tuple[float | None, bool]]:
-        """pull request -> (expires at, terminating) for every preview namespace there is."""
+    def live(self) -> dict[int, LivePreview]:
+        """Every preview namespace there is, by pull request."""
         data = _json(
             self.core.list_namespace(
                 label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_PREVIEW}",
@@ -100,24 +127,34 @@ class PreviewNamespaces:
         )
         out = {}
         for ns in data.get("items", []):
+            number = _number(ns)
+            if number is None:
+                continue
             md = ns["metadata"]
-            number = (md.get("labels") or {}).get(LABEL_PREVIEW, "")
-            if md.get("name") != preview_namespace(number) if number.isdigit() else True:
-                continue  # labelled by hand, not one of ours
-            expires = _epoch((md.get("annotations") or {}).get(ANNOTATION_EXPIRES, ""))
+            annotations = md.get("annotations") or {}
+            try:
+                price = float(annotations.get(ANNOTATION_PRICE, "0"))
+            except ValueError:
+                price = 0.0
             terminating = (
                 bool(md.get("deletionTimestamp")) or (ns.get("status") or {}).get("phase") == "Terminating"
             )
-            out[int(number)] = (expires, terminating)
+            out[number] = LivePreview(
+                number, md.get("uid", ""), _epoch(annotations.get(ANNOTATION_EXPIRES, "")), price, terminating
+            )
         return out
 
-    def delete(self, number: int) -> None:
+    def delete(self, preview: LivePreview) -> None:
+        """Delete exactly the namespace `live()` saw (its uid): never one made since in its name."""
         try:
             self.core.delete_namespace(
-                preview_namespace(number), _preload_content=False, _request_timeout=self.timeout
+                preview_namespace(preview.number),
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=preview.uid)),
+                _preload_content=False,
+                _request_timeout=self.timeout,
             )
         except ApiException as e:
-            if e.status != 404:
+            if e.status not in (404, 409):  # gone already; or another namespace now has the name
                 raise
 
 
@@ -182,19 +219,25 @@ class _Stage:
 
 
 class DeployedStage(_Stage):
-    """The workspaces deployed now, for the base figures: asked, never changed."""
+    """The workspaces deployed now, for the base figures: asked, never changed. With
+    `refresh=False` the target is the daemon's own, whose snapshot its passes keep fresh."""
+
+    def __init__(self, target, reach: str = "service", refresh_every: float = 5.0, refresh: bool = True):
+        super().__init__(target, reach, refresh_every)
+        self.refresh = refresh
 
     def apply(self, plan: WorkspacePlan):
         return None
 
     def observe(self, key: WorkspaceKey, plan: WorkspacePlan | None) -> Observation:
-        self._refresh()
+        if self.refresh:
+            self._refresh()
         return self._served(key, None)
 
     def failed(self, key: WorkspaceKey) -> str:
         if self.stopped:
             return self.stopped
-        if not self.target.live_workspaces().get(key) and self._refreshed:
+        if (self._refreshed or not self.refresh) and not self.target.live_workspaces().get(key):
             return "it is not deployed in the cluster, so there is no base to compare with"
         return ""
 
@@ -235,9 +278,15 @@ class ClusterStage(_Stage):
     def failed(self, key: WorkspaceKey) -> str:
         if self.stopped:
             return self.stopped
-        r = self.resources.get((self.namespace, key[1]))
+        key = (self.namespace, key[1])
+        r = self.resources.get(key)
         if r is not None and not r.ready and r.reason in _FATAL:
             return f"its nodes cannot be made: {r.message or r.reason}"
+        for pod in self.target.observe(key, self.plans.get(key)).pods:
+            if pod.waiting_reason in _STUCK:  # waiting would only bill GPU hours
+                return f"pod {pod.name}: {pod.waiting_reason}" + (
+                    f" ({pod.waiting_message[:200]})" if pod.waiting_message else ""
+                )
         return ""
 
 
@@ -250,4 +299,15 @@ _FATAL = {
     "LinkedAuthorizationFailed",
     "InvalidRequest",
     "BadRequest",
+    "InvalidParameter",
+    "OperationNotAllowed",
+    "ResourceNotFound",
+}
+# Pod states that do not end by waiting
+_STUCK = {
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
 }
