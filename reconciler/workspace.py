@@ -191,6 +191,9 @@ class Resource:
         )
 
 
+SET_LABELS = ("inferenceset.kaito.sh/created-by", "inferencesetmember.kaito.sh")
+
+
 @dataclass(frozen=True)  # no slots: spec_hash is cached on the instance
 class Workspace:
     """One Workspace document, typed, with a pointer back to where it came from."""
@@ -203,6 +206,8 @@ class Workspace:
     inference: Inference | None
     tuning: Tuning | None
     document: Document = field(compare=False, repr=False)
+    # the InferenceSet a member belongs to (inferenceset.py): its pods carry these labels too
+    set_labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -252,6 +257,9 @@ class Workspace:
             inference=Inference.read(d.get("inference")),
             tuning=Tuning.read(d.get("tuning")),
             document=doc,
+            set_labels=tuple(
+                sorted((k, str(v)) for k, v in (_dict(md, "labels") or {}).items() if k in SET_LABELS)
+            ),
         )
 
 

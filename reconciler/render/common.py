@@ -43,7 +43,13 @@ class RenderSettings:
 
 
 def ownership_labels(ws: Workspace) -> dict[str, str]:
-    return {LABEL_MANAGED_BY: MANAGED_BY, LABEL_WORKSPACE: ws.name, LABEL_WORKSPACE_NS: ws.namespace}
+    """An InferenceSet's members also carry the set's labels: its Service selects them by those."""
+    return {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_WORKSPACE: ws.name,
+        LABEL_WORKSPACE_NS: ws.namespace,
+        **dict(ws.set_labels),
+    }
 
 
 def selector_labels(ws: Workspace) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from .. import kinds
+from .. import inferenceset, kinds
 from ..catalog import Catalog, load_catalog
 from ..companions import KubeObject, ObjectKey
 from ..evals.suite import is_suite_path, read_suite, unknown_workspaces
@@ -40,6 +40,7 @@ class Revision:
     invalid_objects: set[ObjectKey] = field(default_factory=set)  # not applied: an error names why
     object_findings: dict[ObjectKey, list[Finding]] = field(default_factory=dict)  # the errors, by object
     suites: list = field(default_factory=list)  # evals/*.yaml (evals.suite.EvalSuite), valid or not
+    inference_sets: list = field(default_factory=list)  # inferenceset.InferenceSet; members are workspaces
 
     def findings_of(self, ws: Workspace) -> list[Finding]:
         return self.workspace_findings.get(id(ws), [])
@@ -124,6 +125,78 @@ def _read_suites(rev: Revision, path: str, raw: bytes, max_file_bytes: int | Non
         rev.file_findings.extend(suite.errors)
 
 
+def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_members, template_only) -> None:
+    """An InferenceSet: its own findings, then its members as workspaces and its Service as an
+    object. Members exist only for a schema-valid set; with replicas 0 the template is still
+    checked, through a member that is not run."""
+    from runtime.inference_args import DEFAULT_PORT
+
+    key = ("inferenceset", doc.index, namespace)
+    hit = schema_cache.get(key)
+    if hit is None:
+        found = check_schema(doc)
+        s, own = inferenceset.read(doc, namespace)
+        hit = schema_cache[key] = (s, found + own)
+    s, found = hit
+    rev.inference_sets.append(s)
+    rev.file_findings.extend(found)
+    if any(f.is_error and f.rule.startswith("schema") for f in found):
+        return
+    members = [
+        Workspace.read(inferenceset.member_document(s, i), namespace) for i in range(max(s.replicas, 1))
+    ]
+    for ws in members:
+        set_members[id(ws)] = s
+        rev.workspace_findings[id(ws)] = [f for f in found if f.is_error]  # a bad set runs no member
+        ws_docs.append(ws)
+    if s.replicas == 0:
+        template_only.add(id(members[0]))
+    object_docs.append((inferenceset.service_document(s, DEFAULT_PORT), {}))
+
+
+def _set_rules(s, member: Workspace, ctx: Context) -> list[Finding]:
+    """Rules of the set that need sizing: the nodes its replicas take against nodeCountLimit."""
+    from .rules import member_nodes
+
+    if not s.node_count_limit or member.name != s.member_name(0):
+        return []
+    nodes = member_nodes(member, ctx)
+    if nodes is None:
+        return []
+    at = ("spec", "nodeCountLimit")
+    doc = s.document
+    if s.replicas * nodes > s.node_count_limit:
+        return [
+            doc.finding(
+                at,
+                "inferenceset-node-count-limit",
+                f"replicas {s.replicas} need {s.replicas * nodes} node(s) ({nodes} each), more than "
+                f"nodeCountLimit {s.node_count_limit}",
+            )
+        ]
+    if s.scaling.min_replicas * nodes > s.node_count_limit:
+        return [
+            doc.finding(
+                at,
+                "inferenceset-node-count-limit",
+                f"nodeCountLimit {s.node_count_limit} is too small for {s.scaling.min_replicas} replica(s) of "
+                f"{nodes} node(s) each ({s.scaling.min_replicas * nodes} nodes)",
+            )
+        ]
+    if s.scaling.max_replicas * nodes > s.node_count_limit:
+        most = s.node_count_limit // nodes
+        return [
+            doc.finding(
+                at,
+                "inferenceset-node-count-limit",
+                f"scaling stops at {most} replica(s): {s.scaling.max_replicas} would need "
+                f"{s.scaling.max_replicas * nodes} node(s), more than nodeCountLimit {s.node_count_limit}",
+                Severity.WARNING,
+            )
+        ]
+    return []
+
+
 def _ignored(doc: Document) -> Finding | None:
     """A document that is not an object we apply: said once, as a warning, and left alone."""
     if not doc.kind and not doc.api_version and not ({"metadata", "spec", "data"} & set(doc.data)):
@@ -139,11 +212,14 @@ def _ignored(doc: Document) -> Finding | None:
             Severity.WARNING,
             at_key=True,
         )
-    if kinds.group_of(doc.api_version) == kinds.KAITO_GROUP and doc.kind != "Workspace":
+    if kinds.group_of(doc.api_version) == kinds.KAITO_GROUP and doc.kind not in (
+        "Workspace",
+        inferenceset.KIND,
+    ):
         return doc.finding(
             ("kind",),
             "document-ignored",
-            f"kaito-gitops plans Workspaces; this {doc.api_version} {doc.kind} is ignored",
+            f"kaito-gitops plans Workspaces and InferenceSets; this {doc.api_version} {doc.kind} is ignored",
             Severity.WARNING,
         )
     return None
@@ -226,6 +302,8 @@ def validate_sources(
     rev = Revision()
     ws_docs: list[Workspace] = []
     object_docs: list[tuple[Document, dict]] = []
+    set_members: dict[int, inferenceset.InferenceSet] = {}  # id(member workspace) -> its set
+    template_only: set[int] = set()  # members made only to check a set of replicas 0
     used: dict = {}
     for path, raw in files:
         rev.files.append(path)
@@ -265,6 +343,8 @@ def validate_sources(
                 if doc.index not in schema_cache:
                     schema_cache[doc.index] = check_schema(doc)
                 rev.workspace_findings[id(ws)] = list(schema_cache[doc.index])
+            elif doc.kind == inferenceset.KIND and kinds.group_of(doc.api_version) == kinds.KAITO_GROUP:
+                _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_members, template_only)
             elif doc.kind == "ConfigMap" and doc.api_version == "v1":
                 if doc.index not in schema_cache:
                     schema_cache[doc.index] = check_schema(doc)
@@ -284,9 +364,23 @@ def validate_sources(
         cache.update(used)
     ctx = Context(catalog=catalog, configmaps=rev.configmaps, target=target, byo_nodes=byo_nodes)
     first: dict[WorkspaceKey, Workspace] = {}
+    sized: dict[int, list[Finding]] = {}  # id(set) -> its findings that need sizing
     for ws in ws_docs:
+        found = check_workspace(ws, ctx)
+        s = set_members.get(id(ws))
+        if s is not None:  # named by the set's own fields, at the set's own lines
+            found = [inferenceset.member_finding(f) for f in found]
+            if id(s) not in sized:
+                sized[id(s)] = _set_rules(s, ws, ctx)
+            found += sized[id(s)]
+        else:
+            found += inferenceset.bounds_on_a_workspace(ws.document, ws.annotations)
+        if id(ws) in template_only:  # replicas 0: the template is checked, nothing runs
+            rev.file_findings.extend(found)
+            rev.workspace_findings.pop(id(ws), None)
+            continue
         rev.workspaces.append(ws)
-        rev.workspace_findings[id(ws)].extend(check_workspace(ws, ctx))
+        rev.workspace_findings[id(ws)].extend(found)
         if ws.name:
             other = first.setdefault(ws.key, ws)
             if other is not ws:

@@ -474,6 +474,15 @@ def _override_problem(ws: Workspace, ctx: Context, result: DoesNotFit) -> Iterat
     yield _map_issue(ws, cm, INFERENCE_KEY, issue, inner)
 
 
+def member_nodes(ws: Workspace, ctx: Context) -> int | None:
+    """Nodes one replica of an inference workspace takes; None when it cannot be sized."""
+    sku, model = _sku(ws, ctx), _model(ws, ctx)
+    if sku is None or model is None or ws.inference is None or ws.inference.preset is None:
+        return None
+    result = size_inference(model, sku, inference_overrides(ws, ctx))
+    return None if isinstance(result, DoesNotFit) else result.nodes
+
+
 def check_fits(ws: Workspace, ctx: Context) -> Iterator[Finding]:
     sku, model = _sku(ws, ctx), _model(ws, ctx)
     if sku is None or model is None:

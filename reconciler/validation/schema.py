@@ -43,7 +43,7 @@ def _validators() -> dict[str, jsonschema.protocols.Validator]:
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     out = {}
-    for kind in ("Workspace", "ConfigMap"):
+    for kind in ("Workspace", "InferenceSet", "ConfigMap"):
         sub = {"$schema": schema["$schema"], **_inline(schema["$defs"][kind], schema["$defs"])}
         out[kind] = cls(sub)
     return out
@@ -133,8 +133,8 @@ def _unknown_keys(err: ValidationError) -> Iterator[tuple[str, str]]:
 
 
 def check_schema(doc: Document) -> list[Finding]:
-    """Validate one Workspace or ConfigMap document against schema/workspace.schema.json."""
-    kind = "ConfigMap" if doc.kind == "ConfigMap" else "Workspace"
+    """Validate one Workspace, InferenceSet or ConfigMap document against schema/workspace.schema.json."""
+    kind = doc.kind if doc.kind in ("ConfigMap", "InferenceSet") else "Workspace"
     return schema_findings(doc, _validators()[kind])
 
 

@@ -1,0 +1,359 @@
+"""Kaito's InferenceSet (kaito.sh/v1alpha1 and v1beta1): a set of identical inference workspaces.
+
+As Kaito's controller does (pkg/utils/inferenceset: NewWorkspaceForInferenceSet), each replica is
+a Workspace made from the template: `resource.instanceType` and `resource.partition` from the
+template, `resource.labelSelector` from the set's `labelSelector`, the template's inference spec,
+labels and annotations. kaito-gitops names the members `<set>-<index>` (Kaito generates names),
+labels them `inferencesetmember.kaito.sh: <set>-<index>` and `inferenceset.kaito.sh/created-by:
+<set>`, and gives the set one Service, `<set>`, that selects every ready member's pods.
+
+Members are ordinary workspaces from here on: validated by the Workspace rules (their findings are
+placed at the set's own lines: `inference.X` is the set's `spec.template.inference.X`), planned,
+applied and reported like any other. Everything here is pure.
+
+Autoscaling bounds are annotations on the set (docs/inferenceset.md); they default to the fixed
+`spec.replicas`. A count chosen by the autoscaler never changes git.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .findings import Finding
+from .loading import Document, Positions
+from .workspace import SET_LABELS
+
+KIND = "InferenceSet"
+API_VERSIONS = ("kaito.sh/v1alpha1", "kaito.sh/v1beta1")
+# Kaito's own label on a set's workspaces, and ours naming the member
+LABEL_CREATED_BY, LABEL_MEMBER = SET_LABELS
+
+SCALING = "scaling.kaito-gitops.io/"
+MIN_REPLICAS = SCALING + "min-replicas"
+MAX_REPLICAS = SCALING + "max-replicas"
+TARGET_QUEUE = SCALING + "target-queue-per-replica"
+SCALE_DOWN_AFTER = SCALING + "scale-down-after"
+BOUNDS = (MIN_REPLICAS, MAX_REPLICAS, TARGET_QUEUE, SCALE_DOWN_AFTER)
+
+DEFAULT_TARGET_QUEUE = 4.0  # waiting requests per replica before another one is worth starting
+DEFAULT_SCALE_DOWN_AFTER = 300.0  # seconds without a reason to keep a replica
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The bounds the daemon scales within (all equal to spec.replicas when none are set)."""
+
+    min_replicas: int
+    max_replicas: int
+    target_queue: float = DEFAULT_TARGET_QUEUE
+    scale_down_after: float = DEFAULT_SCALE_DOWN_AFTER
+
+    @property
+    def fixed(self) -> bool:
+        return self.min_replicas == self.max_replicas
+
+
+@dataclass(frozen=True)
+class InferenceSet:
+    name: str
+    namespace: str
+    api_version: str
+    replicas: int  # spec.replicas (Kaito's default 1)
+    node_count_limit: int  # 0: no limit
+    scaling: Scaling
+    document: Document
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def path(self) -> str:
+        return self.document.path
+
+    def member_name(self, index: int) -> str:
+        return f"{self.name}-{index}"
+
+
+def _int(value, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def read(doc: Document, default_namespace: str) -> tuple[InferenceSet, list[Finding]]:
+    """The set, and the findings of its own rules (schema findings come from the schema layer)."""
+    d = doc.data
+    md = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
+    spec = d.get("spec") if isinstance(d.get("spec"), dict) else {}
+    annotations = md.get("annotations") if isinstance(md.get("annotations"), dict) else {}
+    replicas = max(_int(spec.get("replicas"), 1), 0)
+    scaling, findings = _scaling(doc, annotations, replicas)
+    s = InferenceSet(
+        name=str(md.get("name") or ""),
+        namespace=str(md.get("namespace") or default_namespace),
+        api_version=str(d.get("apiVersion") or ""),
+        replicas=replicas,
+        node_count_limit=_int(spec.get("nodeCountLimit"), 0),
+        scaling=scaling,
+        document=doc,
+    )
+    return s, findings + _kaito_rules(doc, spec)
+
+
+# -- Kaito's webhook rules (api/v1beta1/inferenceset_validation.go) ---------------------------
+
+
+def _kaito_rules(doc: Document, spec: dict) -> list[Finding]:
+    out = []
+    replicas = spec.get("replicas")
+    if isinstance(replicas, int) and not isinstance(replicas, bool) and replicas < 0:
+        out.append(
+            doc.finding(("spec", "replicas"), "inferenceset-replicas", "replicas must be non-negative")
+        )
+    window = (
+        ((spec.get("autoUpgrade") or {}).get("maintenanceWindow"))
+        if isinstance(spec.get("autoUpgrade"), dict)
+        else None
+    )
+    if isinstance(window, dict):
+        out += _maintenance_window(doc, window)
+    return out
+
+
+def _maintenance_window(doc: Document, window: dict) -> list[Finding]:
+    from croniter import croniter
+
+    at = ("spec", "autoUpgrade", "maintenanceWindow")
+    schedule = window.get("schedule")
+    if not schedule:
+        return [
+            doc.finding(
+                at, "inferenceset-maintenance-window", "schedule is required (a 5-field cron expression, UTC)"
+            )
+        ]
+    out = []
+    if not isinstance(schedule, str) or not _cron_ok(croniter, schedule):
+        out.append(
+            doc.finding(
+                (*at, "schedule"),
+                "inferenceset-maintenance-window",
+                f"invalid cron expression {schedule!r}: five fields (minute hour day month weekday), "
+                "e.g. '0 2 * * 6' for Saturdays at 02:00 UTC",
+            )
+        )
+    duration = window.get("duration")
+    if duration is not None:
+        seconds = _go_duration(duration)
+        if seconds is None or seconds <= 0:
+            out.append(
+                doc.finding(
+                    (*at, "duration"),
+                    "inferenceset-maintenance-window",
+                    f"duration {duration!r} must be a positive duration, e.g. 4h or 90m",
+                )
+            )
+    return out
+
+
+def _cron_ok(croniter, text: str) -> bool:
+    # robfig/cron's ParseStandard: five fields, or a descriptor such as @daily
+    if not text.startswith("@") and len(text.split()) != 5:
+        return False
+    return croniter.is_valid(text)
+
+
+_GO_DURATION = re.compile(r"(-?)((?:\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+")
+_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+def _go_duration(value) -> float | None:
+    """Seconds of a Go duration string (time.ParseDuration: '4h', '1h30m', '-5m'), or None."""
+    if not isinstance(value, str) or not _GO_DURATION.fullmatch(value):
+        return None
+    sign = -1 if value.startswith("-") else 1
+    total = sum(
+        float(n) * _UNIT[u] for n, u in re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", value)
+    )
+    return sign * total
+
+
+# -- autoscaling bounds (ours) -------------------------------------------------------------
+
+
+def _scaling(doc: Document, annotations: dict, replicas: int) -> tuple[Scaling, list[Finding]]:
+    out: list[Finding] = []
+
+    def at(key: str) -> tuple:
+        return ("metadata", "annotations", key)
+
+    def count(key: str) -> int | None:
+        if key not in annotations:
+            return None
+        text = str(annotations[key]).strip()
+        if not re.fullmatch(r"\d+", text):
+            out.append(
+                doc.finding(
+                    at(key),
+                    "scaling-bounds",
+                    f"{key} must be a whole number of replicas, 0 or more, not {annotations[key]!r}",
+                )
+            )
+            return None
+        return int(text)
+
+    lo_set, hi_set = count(MIN_REPLICAS), count(MAX_REPLICAS)
+    # unset bounds follow spec.replicas, so a set without annotations is a fixed count
+    lo = lo_set if lo_set is not None else min(replicas, hi_set if hi_set is not None else replicas)
+    hi = hi_set if hi_set is not None else max(replicas, lo)
+    if lo > hi:
+        out.append(
+            doc.finding(
+                at(MIN_REPLICAS),
+                "scaling-bounds",
+                f"{MIN_REPLICAS} ({lo}) is more than {MAX_REPLICAS} ({hi})",
+            )
+        )
+        hi = lo
+    if hi_set == 0:
+        out.append(
+            doc.finding(
+                at(MAX_REPLICAS), "scaling-bounds", f"{MAX_REPLICAS} must be at least 1: 0 would never serve"
+            )
+        )
+    target = DEFAULT_TARGET_QUEUE
+    if TARGET_QUEUE in annotations:
+        try:
+            target = float(str(annotations[TARGET_QUEUE]))
+        except ValueError:
+            target = -1.0
+        if not target > 0:
+            out.append(
+                doc.finding(
+                    at(TARGET_QUEUE),
+                    "scaling-bounds",
+                    f"{TARGET_QUEUE} must be a number above 0 (waiting requests per replica), not {annotations[TARGET_QUEUE]!r}",
+                )
+            )
+            target = DEFAULT_TARGET_QUEUE
+    after = DEFAULT_SCALE_DOWN_AFTER
+    if SCALE_DOWN_AFTER in annotations:
+        from .runconfig import duration
+
+        try:
+            after = duration(str(annotations[SCALE_DOWN_AFTER]))
+        except ValueError:
+            after = -1.0
+        if not after > 0:
+            out.append(
+                doc.finding(
+                    at(SCALE_DOWN_AFTER),
+                    "scaling-bounds",
+                    f"{SCALE_DOWN_AFTER} must be a duration above 0 such as 90s, 5m or 1h, not {annotations[SCALE_DOWN_AFTER]!r}",
+                )
+            )
+            after = DEFAULT_SCALE_DOWN_AFTER
+    return Scaling(lo, hi, target, after), out
+
+
+def bounds_on_a_workspace(doc: Document, annotations: dict) -> list[Finding]:
+    """Scaling annotations on a Workspace do nothing: say where they belong."""
+    return [
+        doc.finding(
+            ("metadata", "annotations", key),
+            "scaling-bounds-on-workspace",
+            f"{key} scales an InferenceSet; a Workspace always runs one replica (make it an InferenceSet "
+            "with this workspace's resource and inference as its spec.template)",
+        )
+        for key in annotations
+        if str(key).startswith(SCALING)
+    ]
+
+
+# -- members ------------------------------------------------------------------------------------
+
+# where a member workspace's fields are written in the set's file
+_TO_SET = (
+    (("resource", "labelSelector"), ("spec", "labelSelector")),
+    (("resource",), ("spec", "template", "resource")),
+    (("inference",), ("spec", "template", "inference")),
+    (("metadata",), ("metadata",)),
+)
+
+
+def set_path(path: tuple) -> tuple:
+    """A member workspace's field -> the same field in the InferenceSet document."""
+    for member, in_set in _TO_SET:
+        if tuple(path[: len(member)]) == member:
+            return (*in_set, *path[len(member) :])
+    return tuple(path)
+
+
+def member_document(s: InferenceSet, index: int) -> Document:
+    """The Workspace document of member `index`, positioned at the set's lines."""
+    d = s.document.data
+    spec = d.get("spec") or {}
+    template = spec.get("template") or {}
+    tmeta = template.get("metadata") if isinstance(template.get("metadata"), dict) else {}
+    tres = template.get("resource") if isinstance(template.get("resource"), dict) else {}
+    resource = {k: v for k, v in tres.items() if k in ("instanceType", "partition")}
+    if spec.get("labelSelector") is not None:
+        resource["labelSelector"] = spec["labelSelector"]
+    name = s.member_name(index)
+    labels = {**(tmeta.get("labels") or {}), LABEL_CREATED_BY: s.name, LABEL_MEMBER: name}
+    metadata = {"name": name, "namespace": s.namespace, "labels": labels}
+    if tmeta.get("annotations"):
+        metadata["annotations"] = dict(tmeta["annotations"])
+    data = {
+        "apiVersion": "kaito.sh/v1beta1",  # Kaito makes v1beta1 workspaces for either version of the set
+        "kind": "Workspace",
+        "metadata": metadata,
+        "resource": resource,
+        "inference": template.get("inference"),
+    }
+    src = s.document.positions
+    positions = Positions(
+        {p: src.key(set_path(p)) for p in _paths(data)},
+        {p: src.value(set_path(p)) for p in _paths(data)},
+    )
+    positions.values[()] = src.value(())
+    return Document(s.document.path, s.document.index, data, positions)
+
+
+def _paths(node, prefix: tuple = ()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, (*prefix, i))
+
+
+def member_finding(f: Finding) -> Finding:
+    """A finding about the member, named by the set's own field (`spec.template.inference...`)."""
+    from dataclasses import replace
+
+    from .loading import path_text
+
+    for member, in_set in _TO_SET:
+        prefix = path_text(member)
+        if f.field == prefix or f.field.startswith(prefix + ".") or f.field.startswith(prefix + "["):
+            return replace(f, field=path_text(in_set) + f.field[len(prefix) :])
+    return f
+
+
+def service_document(s: InferenceSet, port: int) -> Document:
+    """The set's Service `<set>`: every ready member's pods behind one name, placed at the set's
+    `metadata.name` (a finding about it points there)."""
+    data = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": s.name, "namespace": s.namespace, "labels": {LABEL_CREATED_BY: s.name}},
+        "spec": {
+            "selector": {LABEL_CREATED_BY: s.name},
+            "ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}],
+        },
+    }
+    at = s.document.positions.value(("metadata", "name"))
+    positions = Positions({}, {p: at for p in _paths(data)})
+    return Document(s.document.path, s.document.index, data, positions)
