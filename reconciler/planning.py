@@ -105,6 +105,7 @@ def plan_objects(rev: Revision, cache: dict | None = None) -> dict[ObjectKey, Ob
 class DesiredState:
     plans: dict[WorkspaceKey, WorkspacePlan] = field(default_factory=dict)
     objects: dict[ObjectKey, ObjectPlan] = field(default_factory=dict)  # the companions, in apply order
+    sets: dict = field(default_factory=dict)  # (ns, name) -> inferenceset.InferenceSet; members are in plans
 
     @property
     def gpus(self) -> int:
@@ -251,7 +252,7 @@ def plan_revision(
     """
     catalog = catalog or load_catalog()
     settings = settings or RenderSettings()
-    state = DesiredState(objects=plan_objects(rev, object_cache))
+    state = DesiredState(objects=plan_objects(rev, object_cache), sets={s.key: s for s in rev.inference_sets})
     used: dict[str, WorkspacePlan] = {}
     for key, ws in sorted(rev.valid_workspaces().items()):
         byo_sku = (byo or {}).get(key)

@@ -88,10 +88,13 @@ def summary_line(diff: PlanDiff) -> str:
     )
 
 
-def hardware_line(p: WorkspacePlan) -> str:
+def hardware_line(p: WorkspacePlan, each: bool = False) -> str:
+    """`each`: for one replica of an InferenceSet (every member has a pool of its own)."""
     if p.sku is None:
         return f"{p.nodes} bring-your-own node(s), GPUs per node read from node labels"
     pool = f"; node pool {p.node_pool.name}" if p.node_pool else "; bring-your-own nodes"
+    if each and p.node_pool:
+        pool = "; a node pool of its own"
     return (
         f"{p.nodes} x {p.sku.name} ({p.sku.gpu_count} x {p.sku.gpu} {p.sku.gpu_memory_gib:g} GiB) = "
         f"{p.gpus} GPU, {money(p.price_per_hour)}/hour{pool}"
@@ -140,6 +143,94 @@ def _workspace_lines(c: WorkspaceChange) -> list[str]:
     return lines
 
 
+@dataclass
+class SetChange:
+    """An InferenceSet's members, shown as one entry: they are one template."""
+
+    key: tuple[str, str]
+    members: list[WorkspaceChange]
+    min_replicas: int | None = None  # the set's autoscaling bounds, when it has any
+    max_replicas: int | None = None
+
+    @property
+    def action(self) -> str:
+        acts = {c.action for c in self.members}
+        return acts.pop() if len(acts) == 1 else "change"
+
+    @property
+    def plan(self) -> WorkspacePlan:
+        c = self.members[0]
+        return c.after or c.before
+
+    @property
+    def gpu_delta(self) -> int:
+        return sum(c.gpu_delta for c in self.members)
+
+    @property
+    def cost_delta(self) -> float:
+        return round(sum(c.cost_delta for c in self.members), 3)
+
+    def heading(self) -> str:
+        n = sum(1 for c in self.members if c.after is not None)
+        scale = ""
+        if self.min_replicas is not None and self.min_replicas != self.max_replicas:
+            scale = f", scales {self.min_replicas}-{self.max_replicas}"
+        return f"InferenceSet, {n} replica(s){scale}"
+
+    def cost_text(self) -> str:
+        price = self.plan.price_per_hour
+        n = sum(1 for c in self.members if c.after is not None)
+        out = f"{money(None if price is None else price * n)}/h for {n}"
+        if price is not None and self.min_replicas is not None and self.min_replicas != self.max_replicas:
+            out += (
+                f"; {money(price * self.min_replicas)}/h at min {self.min_replicas}, "
+                f"{money(price * self.max_replicas)}/h at max {self.max_replicas}"
+            )
+        return out
+
+    def members_text(self) -> str:
+        return ", ".join(f"{SIGN[c.action]} {c.key[1]}" for c in self.members)
+
+
+def grouped(diff: PlanDiff, show_unchanged: bool = False) -> list[WorkspaceChange | SetChange]:
+    """The changes in order, an InferenceSet's members folded into one SetChange at the first."""
+    from .workspace import SET_LABELS
+
+    out: list = []
+    sets: dict[tuple[str, str], SetChange] = {}
+    for c in diff.changes:
+        if c.action == "unchanged" and not show_unchanged:
+            continue
+        p = c.after or c.before
+        owner = dict(p.workspace.set_labels).get(SET_LABELS[0])
+        if owner is None:
+            out.append(c)
+            continue
+        key = (c.key[0], owner)
+        if key not in sets:
+            s = diff.after.sets.get(key) or diff.before.sets.get(key)
+            bounds = (s.scaling.min_replicas, s.scaling.max_replicas) if s is not None else (None, None)
+            sets[key] = SetChange(key, [], *bounds)
+            out.append(sets[key])
+        sets[key].members.append(c)
+    return out
+
+
+def _set_lines(g: SetChange) -> list[str]:
+    p = g.plan
+    lines = [f"{SIGN[g.action]} {g.key[0]}/{g.key[1]}  {g.heading()}  ({p.workspace.path})"]
+    lines.append(f"    members: {g.members_text()}")
+    lines.append(f"    {model_line(p)}")
+    lines.append(f"    each replica: {hardware_line(p, each=True)}")
+    s = sizing_line(p)
+    if s:
+        lines.append(f"    {s}")
+    lines.append(f"    cost: {g.cost_text()}")
+    for problem in p.problems:
+        lines.append(f"    problem: {problem}")
+    return lines
+
+
 def objects_line(diff: PlanDiff) -> str:
     return (
         f"{diff.object_count('create')} to create, {diff.object_count('update')} to change, "
@@ -153,10 +244,8 @@ def _changed_objects(diff: PlanDiff, show_unchanged: bool = False) -> list[Compa
 
 def text(diff: PlanDiff, show_unchanged: bool = False, checks: Checks | None = None) -> str:
     out = [f"Plan: {summary_line(diff)}", ""]
-    for c in diff.changes:
-        if c.action == "unchanged" and not show_unchanged:
-            continue
-        out += _workspace_lines(c)
+    for c in grouped(diff, show_unchanged):
+        out += _set_lines(c) if isinstance(c, SetChange) else _workspace_lines(c)
         out.append("")
     changed = _changed_objects(diff, show_unchanged)
     if changed:
@@ -200,6 +289,22 @@ def markdown_section(c: WorkspaceChange) -> str:
     return head + "\n".join(body) + "\n\n</details>\n"
 
 
+def set_markdown_section(g: SetChange) -> str:
+    p = g.plan
+    head = (
+        f"<details><summary><code>{SIGN[g.action]}</code> <b>{g.key[0]}/{g.key[1]}</b>: {g.heading()}, "
+        f"{g.cost_text()}</summary>\n\n"
+    )
+    body = [f"- members: {g.members_text()}", f"- {model_line(p)} (`{p.workspace.path}`)"]
+    body.append(f"- each replica: {hardware_line(p, each=True)}")
+    s = sizing_line(p)
+    if s:
+        body.append(f"- {s}")
+    for problem in p.problems:
+        body.append(f"- :warning: {problem}")
+    return head + "\n".join(body) + "\n\n</details>\n"
+
+
 def objects_markdown(diff: PlanDiff) -> str:
     """The other objects as one section: a line each, and a field-level diff for each change."""
     changed = _changed_objects(diff)
@@ -216,14 +321,14 @@ def objects_markdown(diff: PlanDiff) -> str:
 
 def markdown(diff: PlanDiff, checks: Checks | None = None) -> str:
     out = ["| workspace | change | GPUs | $/hour |", "| --- | --- | --- | --- |"]
-    for c in diff.changes:
-        if c.action == "unchanged":
-            continue
+    entries = grouped(diff)
+    for c in entries:
+        what = f" ({c.heading()})" if isinstance(c, SetChange) else ""
         out.append(
-            f"| `{c.key[0]}/{c.key[1]}` | {c.action} | {c.gpu_delta:+d} | {signed_money(c.cost_delta)} |"
+            f"| `{c.key[0]}/{c.key[1]}`{what} | {c.action} | {c.gpu_delta:+d} | {signed_money(c.cost_delta)} |"
         )
     parts = [f"**Plan:** {summary_line(diff)}", "", *out, ""]
-    parts += [markdown_section(c) for c in diff.changes if c.action != "unchanged"]
+    parts += [set_markdown_section(c) if isinstance(c, SetChange) else markdown_section(c) for c in entries]
     parts.append(objects_markdown(diff))
     if checks is not None:
         parts.append(checks_markdown(checks))

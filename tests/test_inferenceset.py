@@ -273,3 +273,22 @@ def test_the_daemon_applies_the_members_and_the_set_service_and_follows_replicas
         and kube_api.get_object("v1", "Service", "default", "phi") is None
     )
     d.close()
+
+
+def test_plans_and_pr_comments_show_a_set_as_one_entry_with_its_cost_at_min_and_max(validate):
+    from reconciler import planview
+    from reconciler.plandiff import diff_states
+    from reconciler.report.review_comment import comment_body
+
+    rev = validate({"sets/phi.yaml": annotated(min_replicas=0, max_replicas=3)})
+    diff = diff_states(None, plan_revision(rev))
+    text = planview.text(diff)
+    assert "+ llm/phi  InferenceSet, 2 replica(s), scales 0-3  (sets/phi.yaml)" in text, text
+    assert "members: + phi-0, + phi-1" in text and "+ llm/phi-0" not in text
+    assert "cost: $7.35/h for 2; $0.00/h at min 0, $11.02/h at max 3" in text, text
+    md = planview.markdown(diff)
+    assert "| `llm/phi` (InferenceSet, 2 replica(s), scales 0-3) | add | +2 | +$7.35 |" in md, md
+    body = comment_body(
+        diff, rev.findings, repo_html="https://github.com/o/r", head_sha="a" * 40, base_ref="main"
+    )
+    assert body.count("<b>llm/phi</b>") == 1 and "<b>llm/phi-0</b>" not in body, body

@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 
 from ..findings import Finding
 from ..plandiff import PlanDiff
-from ..planview import Checks, checks_markdown, markdown_section, money, objects_markdown, signed_money
+from ..planview import (
+    Checks,
+    SetChange,
+    checks_markdown,
+    grouped,
+    markdown_section,
+    money,
+    objects_markdown,
+    set_markdown_section,
+    signed_money,
+)
 
 MARKER = "<!-- kaito-gitops:review -->"
 LIMIT = 65_536
@@ -90,7 +100,9 @@ def comment_body(
     if warnings:
         parts += [f"<details><summary>Warnings ({len(warnings)})</summary>", ""]
         parts += [_finding_line(repo_html, head_sha, f) for f in warnings] + ["", "</details>", ""]
-    sections = [markdown_section(c) for c in diff.changes if c.action != "unchanged"]
+    sections = [
+        set_markdown_section(c) if isinstance(c, SetChange) else markdown_section(c) for c in grouped(diff)
+    ]
     others = objects_markdown(diff)
     if others:
         sections.append(others)
