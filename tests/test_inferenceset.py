@@ -247,7 +247,10 @@ def test_the_daemon_applies_the_members_and_the_set_service_and_follows_replicas
     kube_api, git_remote, tmp_path
 ):
     from doubles.kube_fixtures import gpu_node
+    from ruamel.yaml import YAML
     from test_daemon_kube import make, names
+
+    from reconciler.report.statusview import status_files
 
     for member in ("phi-0", "phi-1"):  # the nodes a provisioner would bring up for each member
         labels = {"apps": "phi", "kaito.sh/workspace": member, "kaito.sh/workspacenamespace": "default"}
@@ -259,6 +262,20 @@ def test_the_daemon_applies_the_members_and_the_set_service_and_follows_replicas
     assert names(kube_api, "StatefulSet") == ["phi-0", "phi-1"]
     svc = kube_api.get_object("v1", "Service", "default", "phi")
     assert svc["spec"]["selector"] == {LABEL_CREATED_BY: "phi"}
+    kube_api.reconcile_workloads()
+    kube_api.set_pod_phase("default", "phi-0-0", "Running")
+    kube_api.reconcile_workloads()
+    d.run_pass()
+    files = status_files(d.reports(), d.revision, (), d.validated.inference_sets)
+    doc = YAML(typ="safe").load(files["status/default/phi.yaml"])
+    assert doc["kind"] == "InferenceSetStatus" and (doc["replicas"], doc["readyReplicas"]) == (2, 1), doc
+    assert doc["members"] == [
+        {"name": "phi-0", "state": "Ready"},
+        {"name": "phi-1", "state": doc["members"][1]["state"]},
+    ]
+    assert "| default/phi | Progressing | 1/2 | 2 | phi-0 (Ready), phi-1 (" in files["STATUS.md"], files[
+        "STATUS.md"
+    ]
     # one replica fewer in git: the last member goes, the set's Service stays
     git_remote.write({"workspaces/phi.yaml": set_yaml.replace("replicas: 2", "replicas: 1")}, "one replica")
     d.run_pass()
@@ -292,3 +309,12 @@ def test_plans_and_pr_comments_show_a_set_as_one_entry_with_its_cost_at_min_and_
         diff, rev.findings, repo_html="https://github.com/o/r", head_sha="a" * 40, base_ref="main"
     )
     assert body.count("<b>llm/phi</b>") == 1 and "<b>llm/phi-0</b>" not in body, body
+
+
+def test_a_workspace_named_like_a_set_collides_at_the_service(validate):
+    from support.workspaces import smol_ws
+
+    rev = validate({"s.yaml": SET.replace("namespace: llm", "namespace: default"), "w.yaml": smol_ws("phi")})
+    assert any(f.is_error and f.path in ("s.yaml", "w.yaml") for f in rev.findings), [
+        f.text() for f in rev.findings
+    ]

@@ -33,11 +33,12 @@ class StatusReporter:
     def on_pass(self, daemon, result) -> None:
         reports = result.reports
         objects = getattr(result, "objects", [])
-        seen = (daemon.revision, reports, objects)
+        seen = (daemon.revision, reports, objects, id(getattr(daemon, "validated", None)))
         if seen == self._last_seen and self.last_error == "":
             return  # the usual pass: nothing to report changed, so nothing to serialise
         self._last_seen = seen
-        files = status_files(reports, daemon.revision, objects)
+        sets = daemon.validated.inference_sets if getattr(daemon, "validated", None) is not None else ()
+        files = status_files(reports, daemon.revision, objects, sets)
         if files == self._last_written:
             return  # nothing changed since the last commit: no work, no commit
         changes = _summary(self._last_written or {}, files)

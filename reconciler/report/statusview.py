@@ -83,7 +83,9 @@ def objects_lines(objects: list) -> list[str]:
     return out
 
 
-def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: str, objects=()) -> str:
+def status_markdown(
+    reports: list[WorkspaceReport], docs: list[dict], revision: str, objects=(), set_docs=()
+) -> str:
     rows = [status_row(d) for d in docs]
     out = [
         "# Workspace status",
@@ -95,6 +97,7 @@ def status_markdown(reports: list[WorkspaceReport], docs: list[dict], revision: 
     ]
     for row in rows:
         out.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    out += set_lines(list(set_docs))
     out += spend_lines(reports)
     out += eval_lines(reports)
     out += objects_lines(list(objects))
@@ -172,10 +175,61 @@ def text_table(rows: list[list[str]]) -> str:
     )
 
 
-def status_files(reports: list[WorkspaceReport], revision: str, objects=()) -> dict[str, str]:
+def set_document(s, by_key: dict) -> dict:
+    """An InferenceSet's status: its members as the reports see them, and its bounds."""
+    members = [by_key[k] for k in sorted(by_key) if k[0] == s.namespace and _member_of(k[1], s.name)]
+    ready = sum(1 for r in members if r.status.state == "Ready")
+    return {
+        "apiVersion": "kaito-gitops.io/v1alpha1",
+        "kind": "InferenceSetStatus",
+        "metadata": {"name": s.name, "namespace": s.namespace},
+        "source": {"file": s.path},
+        "state": "Ready" if members and ready == len(members) else ("Idle" if not members else "Progressing"),
+        "replicas": len(members),
+        "readyReplicas": ready,
+        "bounds": {"minReplicas": s.scaling.min_replicas, "maxReplicas": s.scaling.max_replicas},
+        "members": [{"name": r.key[1], "state": r.status.state} for r in members],
+    }
+
+
+def _member_of(name: str, set_name: str) -> bool:
+    head, _, index = name.rpartition("-")
+    return head == set_name and index.isdigit()
+
+
+def set_lines(docs: list[dict]) -> list[str]:
+    """STATUS.md's table of InferenceSets."""
+    if not docs:
+        return []
+    out = [
+        "",
+        "## InferenceSets",
+        "",
+        "| SET | STATE | READY | BOUNDS | MEMBERS |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for d in docs:
+        md, b = d["metadata"], d["bounds"]
+        bounds = (
+            f"{b['minReplicas']}"
+            if b["minReplicas"] == b["maxReplicas"]
+            else f"{b['minReplicas']}-{b['maxReplicas']}"
+        )
+        members = ", ".join(f"{m['name']} ({m['state']})" for m in d["members"]) or "-"
+        out.append(
+            f"| {md['namespace']}/{md['name']} | {d['state']} | {d['readyReplicas']}/{d['replicas']} | {bounds} | {members} |"
+        )
+    return out
+
+
+def status_files(reports: list[WorkspaceReport], revision: str, objects=(), sets=()) -> dict[str, str]:
     """Every file the status tree should hold, by path relative to the status root."""
     reports = sorted(reports, key=lambda r: r.key)
     docs = [status_document(r) for r in reports]
     files = {status_path(r.key): dump(d) for r, d in zip(reports, docs, strict=True)}
-    files["STATUS.md"] = status_markdown(reports, docs, revision, objects)
+    by_key = {r.key: r for r in reports}
+    set_docs = [set_document(s, by_key) for s in sorted(sets, key=lambda s: s.key)]
+    for d in set_docs:
+        files[status_path((d["metadata"]["namespace"], d["metadata"]["name"]))] = dump(d)
+    files["STATUS.md"] = status_markdown(reports, docs, revision, objects, set_docs)
     return files
