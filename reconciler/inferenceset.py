@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .findings import Finding
+from .findings import Finding, Severity
 from .loading import Document, Positions
 from .workspace import SET_LABELS
 
@@ -35,6 +35,9 @@ MAX_REPLICAS = SCALING + "max-replicas"
 TARGET_QUEUE = SCALING + "target-queue-per-replica"
 SCALE_DOWN_AFTER = SCALING + "scale-down-after"
 BOUNDS = (MIN_REPLICAS, MAX_REPLICAS, TARGET_QUEUE, SCALE_DOWN_AFTER)
+
+MOST_REPLICAS = 1000  # members are planned each pass; Kaito's int32 would let one file stall the daemon
+MAX_MEMBER_NAME = 52  # as for any inference workspace: the StatefulSet's pod revision label
 
 DEFAULT_TARGET_QUEUE = 4.0  # waiting requests per replica before another one is worth starting
 DEFAULT_SCALE_DOWN_AFTER = 300.0  # seconds without a reason to keep a replica
@@ -97,24 +100,53 @@ def read(doc: Document, default_namespace: str) -> tuple[InferenceSet, list[Find
         scaling=scaling,
         document=doc,
     )
-    return s, findings + _kaito_rules(doc, spec)
+    return s, findings + _kaito_rules(doc, spec) + _names(s, md)
+
+
+def _names(s: InferenceSet, md: dict) -> list[Finding]:
+    """The set's name, once, for every member it makes (`<set>-<index>`)."""
+    from .refs import dns1123_label_problem
+
+    if not isinstance(md.get("name"), str) or not md["name"]:
+        return []  # the schema says it is required
+    problem = dns1123_label_problem(s.name, "metadata.name")
+    if problem:
+        return [s.document.finding(("metadata", "name"), "name-invalid", problem)]
+    longest = s.member_name(max(s.replicas, s.scaling.max_replicas, 1) - 1)
+    if len(longest) > MAX_MEMBER_NAME:
+        return [
+            s.document.finding(
+                ("metadata", "name"),
+                "name-too-long",
+                f"member {longest} would have {len(longest)} characters; inference workspace names may have at "
+                f"most {MAX_MEMBER_NAME} (the StatefulSet's pod revision label would overflow): shorten the set's name",
+            )
+        ]
+    return []
 
 
 # -- Kaito's webhook rules (api/v1beta1/inferenceset_validation.go) ---------------------------
 
 
 def _kaito_rules(doc: Document, spec: dict) -> list[Finding]:
+    """Only where the types are right: a wrong type is the schema's finding, said once."""
     out = []
     replicas = spec.get("replicas")
-    if isinstance(replicas, int) and not isinstance(replicas, bool) and replicas < 0:
-        out.append(
-            doc.finding(("spec", "replicas"), "inferenceset-replicas", "replicas must be non-negative")
-        )
-    window = (
-        ((spec.get("autoUpgrade") or {}).get("maintenanceWindow"))
-        if isinstance(spec.get("autoUpgrade"), dict)
-        else None
-    )
+    if isinstance(replicas, int) and not isinstance(replicas, bool):
+        if replicas < 0:
+            out.append(
+                doc.finding(("spec", "replicas"), "inferenceset-replicas", "replicas must be non-negative")
+            )
+        elif replicas > MOST_REPLICAS:
+            out.append(
+                doc.finding(
+                    ("spec", "replicas"),
+                    "inferenceset-replicas",
+                    f"replicas {replicas:,} is more than kaito-gitops runs in one set ({MOST_REPLICAS:,})",
+                )
+            )
+    upgrade = spec.get("autoUpgrade")
+    window = upgrade.get("maintenanceWindow") if isinstance(upgrade, dict) else None
     if isinstance(window, dict):
         out += _maintenance_window(doc, window)
     return out
@@ -132,7 +164,7 @@ def _maintenance_window(doc: Document, window: dict) -> list[Finding]:
             )
         ]
     out = []
-    if not isinstance(schedule, str) or not _cron_ok(croniter, schedule):
+    if isinstance(schedule, str) and not _cron_ok(croniter, schedule):
         out.append(
             doc.finding(
                 (*at, "schedule"),
@@ -142,7 +174,7 @@ def _maintenance_window(doc: Document, window: dict) -> list[Finding]:
             )
         )
     duration = window.get("duration")
-    if duration is not None:
+    if isinstance(duration, str):
         seconds = _go_duration(duration)
         if seconds is None or seconds <= 0:
             out.append(
@@ -156,13 +188,26 @@ def _maintenance_window(doc: Document, window: dict) -> list[Finding]:
 
 
 def _cron_ok(croniter, text: str) -> bool:
-    # robfig/cron's ParseStandard: five fields, or a descriptor such as @daily
-    if not text.startswith("@") and len(text.split()) != 5:
-        return False
-    return croniter.is_valid(text)
+    """As robfig/cron's ParseStandard: five fields or a descriptor (@daily, @every 1h), after an
+    optional TZ=/CRON_TZ= zone."""
+    text = text.strip()
+    if text.startswith(("TZ=", "CRON_TZ=")):
+        zone, _, text = text.partition(" ")
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone.split("=", 1)[1])
+        except (ZoneInfoNotFoundError, ValueError):
+            return False
+    if text.startswith("@every "):
+        seconds = _go_duration(text.removeprefix("@every ").strip())
+        return seconds is not None and seconds > 0
+    if text.startswith("@"):
+        return text in ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+    return len(text.split()) == 5 and croniter.is_valid(text)
 
 
-_GO_DURATION = re.compile(r"(-?)((?:\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+")
+_GO_DURATION = re.compile(r"[-+]?((?:\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+")
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
@@ -214,10 +259,27 @@ def _scaling(doc: Document, annotations: dict, replicas: int) -> tuple[Scaling, 
             )
         )
         hi = lo
+    if hi_set is not None and hi_set > MOST_REPLICAS:
+        out.append(
+            doc.finding(
+                at(MAX_REPLICAS), "scaling-bounds", f"{MAX_REPLICAS} may be at most {MOST_REPLICAS:,}"
+            )
+        )
+        hi = MOST_REPLICAS
+        lo = min(lo, hi)
     if hi_set == 0:
         out.append(
             doc.finding(
                 at(MAX_REPLICAS), "scaling-bounds", f"{MAX_REPLICAS} must be at least 1: 0 would never serve"
+            )
+        )
+    if not out and (lo_set is not None or hi_set is not None) and not lo <= replicas <= hi:
+        out.append(
+            doc.finding(
+                ("spec", "replicas"),
+                "scaling-bounds",
+                f"replicas {replicas} is outside the scaling bounds {lo}-{hi}; the daemon runs spec.replicas until "
+                "it scales, so keep it between them",
             )
         )
     target = DEFAULT_TARGET_QUEUE
@@ -255,9 +317,22 @@ def _scaling(doc: Document, annotations: dict, replicas: int) -> tuple[Scaling, 
     return Scaling(lo, hi, target, after), out
 
 
-def bounds_on_a_workspace(doc: Document, annotations: dict) -> list[Finding]:
-    """Scaling annotations on a Workspace do nothing: say where they belong."""
-    return [
+def on_a_workspace(doc: Document, annotations: dict) -> list[Finding]:
+    """A set's annotations and labels written on a plain Workspace: say what they do there."""
+    md = doc.data.get("metadata") if isinstance(doc.data.get("metadata"), dict) else {}
+    labels = md.get("labels") if isinstance(md.get("labels"), dict) else {}
+    joined = [
+        doc.finding(
+            ("metadata", "labels", key),
+            "inferenceset-label-on-workspace",
+            f"{key} marks a member of an InferenceSet, which kaito-gitops makes itself; on this Workspace it does "
+            "not join the set (its pods are not behind the set's Service)",
+            Severity.WARNING,
+        )
+        for key in labels
+        if key in SET_LABELS
+    ]
+    return joined + [
         doc.finding(
             ("metadata", "annotations", key),
             "scaling-bounds-on-workspace",
@@ -273,6 +348,8 @@ def bounds_on_a_workspace(doc: Document, annotations: dict) -> list[Finding]:
 
 # where a member workspace's fields are written in the set's file
 _TO_SET = (
+    (("metadata", "annotations"), ("spec", "template", "metadata", "annotations")),
+    (("metadata", "labels"), ("spec", "template", "metadata", "labels")),
     (("resource", "labelSelector"), ("spec", "labelSelector")),
     (("resource",), ("spec", "template", "resource")),
     (("inference",), ("spec", "template", "inference")),
@@ -300,6 +377,7 @@ def member_document(s: InferenceSet, index: int) -> Document:
         resource["labelSelector"] = spec["labelSelector"]
     name = s.member_name(index)
     labels = {**(tmeta.get("labels") or {}), LABEL_CREATED_BY: s.name, LABEL_MEMBER: name}
+    # (Workspace.set_labels is set by the caller from the set itself, never read from a file)
     metadata = {"name": name, "namespace": s.namespace, "labels": labels}
     if tmeta.get("annotations"):
         metadata["annotations"] = dict(tmeta["annotations"])

@@ -188,8 +188,15 @@ class SetChange:
             )
         return out
 
-    def members_text(self) -> str:
-        return ", ".join(f"{SIGN[c.action]} {c.key[1]}" for c in self.members)
+    def members_text(self, most: int = 6) -> str:
+        def index(c) -> int:
+            tail = c.key[1].rpartition("-")[2]
+            return int(tail) if tail.isdigit() else -1
+
+        names = [f"{SIGN[c.action]} {c.key[1]}" for c in sorted(self.members, key=index)]
+        if len(names) > most:
+            names = [*names[: most - 2], f"... {len(names) - most + 1} more", names[-1]]
+        return ", ".join(names)
 
 
 def grouped(diff: PlanDiff, show_unchanged: bool = False) -> list[WorkspaceChange | SetChange]:

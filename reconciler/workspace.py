@@ -206,7 +206,8 @@ class Workspace:
     inference: Inference | None
     tuning: Tuning | None
     document: Document = field(compare=False, repr=False)
-    # the InferenceSet a member belongs to (inferenceset.py): its pods carry these labels too
+    # the InferenceSet a member belongs to, set by validation from the set itself (never read
+    # from a file: a Workspace cannot join a set by a label); its pods carry these labels too
     set_labels: tuple[tuple[str, str], ...] = ()
 
     @property
@@ -257,9 +258,6 @@ class Workspace:
             inference=Inference.read(d.get("inference")),
             tuning=Tuning.read(d.get("tuning")),
             document=doc,
-            set_labels=tuple(
-                sorted((k, str(v)) for k, v in (_dict(md, "labels") or {}).items() if k in SET_LABELS)
-            ),
         )
 
 

@@ -199,9 +199,9 @@ def test_node_count_limit_against_the_sizing(validate):
     small = SET.replace("nodeCountLimit: 4", "nodeCountLimit: 1")
     [f] = where(validate({"s.yaml": small}), "inferenceset-node-count-limit")
     assert f[:3] == (9, 19, "spec.nodeCountLimit") and "replicas 2 need 2 node(s)" in f[3], f
-    for_min = annotated(min_replicas=3, max_replicas=4).replace("nodeCountLimit: 4", "nodeCountLimit: 2")
+    for_min = annotated(min_replicas=2, max_replicas=4).replace("nodeCountLimit: 4", "nodeCountLimit: 1")
     [f] = where(validate({"s.yaml": for_min}), "inferenceset-node-count-limit")
-    assert "too small for 3 replica(s)" in f[3]
+    assert "replicas 2 need 2 node(s)" in f[3]
     rev = validate({"s.yaml": annotated(min_replicas=0, max_replicas=6)})
     [f] = [f for f in rev.findings if f.rule == "inferenceset-node-count-limit"]
     assert not f.is_error and "scaling stops at 4 replica(s)" in f.message
@@ -282,6 +282,16 @@ def test_the_daemon_applies_the_members_and_the_set_service_and_follows_replicas
     assert names(kube_api, "StatefulSet") == ["phi-0"] and kube_api.get_object(
         "v1", "Service", "default", "phi"
     )
+    # a schema error in the set: its member and its Service stay as they were (last good version)
+    broken = set_yaml.replace("replicas: 2", "replicas: 1").replace(
+        "  annotations: {}\n", "  annotations:\n    scaling.kaito-gitops.io/min-replicas: 1\n"
+    )
+    git_remote.write({"workspaces/phi.yaml": broken}, "an unquoted annotation")
+    d.run_pass()
+    assert names(kube_api, "StatefulSet") == ["phi-0"] and kube_api.get_object(
+        "v1", "Service", "default", "phi"
+    )
+    assert d.findings[("default", "phi-0")], "the member's status says why it is held"
     # the set leaves git: members and Service are pruned with it
     git_remote.write({"workspaces/phi.yaml": None, "workspaces/other.yaml": "# nothing\n"}, "remove the set")
     d.run_pass()
@@ -318,3 +328,63 @@ def test_a_workspace_named_like_a_set_collides_at_the_service(validate):
     assert any(f.is_error and f.path in ("s.yaml", "w.yaml") for f in rev.findings), [
         f.text() for f in rev.findings
     ]
+
+
+def test_a_name_too_long_for_its_last_member_is_one_finding_and_no_member_runs(validate):
+    name = "a" * 50
+    rev = validate(
+        {
+            "s.yaml": SET.replace("name: phi\n", f"name: {name}\n", 1)
+            .replace("replicas: 2", "replicas: 11")
+            .replace("nodeCountLimit: 4", "nodeCountLimit: 20")
+        }
+    )
+    [f] = errors(rev)
+    assert (f.rule, f.field, f.line) == ("name-too-long", "metadata.name", 4) and f"{name}-10" in f.message, (
+        f.text()
+    )
+    assert plan_revision(rev).plans == {}, "a set is never applied in part"
+
+
+def test_a_huge_replica_count_is_refused_before_any_member_is_made(validate):
+    import time
+
+    t0 = time.perf_counter()
+    rev = validate({"s.yaml": SET.replace("replicas: 2", "replicas: 1000000000000")})
+    assert time.perf_counter() - t0 < 5
+    assert [(f.rule, f.field) for f in errors(rev)] == [("inferenceset-replicas", "spec.replicas")]
+    assert rev.workspaces == []
+
+
+def test_a_workspace_cannot_join_a_set_by_its_label(validate):
+    from support.workspaces import smol_ws
+
+    intruder = smol_ws("other").replace(
+        "metadata:\n", "metadata:\n  labels:\n    inferenceset.kaito.sh/created-by: phi\n", 1
+    )
+    rev = validate({"s.yaml": SET, "w.yaml": intruder})
+    [warn] = [f for f in rev.findings if f.rule == "inferenceset-label-on-workspace"]
+    assert warn.path == "w.yaml" and not warn.is_error
+    [plan] = [p for k, p in plan_revision(rev).plans.items() if k[1] == "other"]
+    sts = next(o for o in plan.objects if o["kind"] == "StatefulSet")
+    assert LABEL_CREATED_BY not in sts["spec"]["template"]["metadata"]["labels"], (
+        "not behind the set's Service"
+    )
+
+
+def test_template_annotations_are_reported_where_they_are_written(validate):
+    text = SET.replace(
+        "  template:\n", "  template:\n    metadata:\n      annotations:\n        kaito.sh/runtime: vllm\n"
+    )
+    [f] = [f for f in validate({"s.yaml": text}).findings if f.rule == "annotation-runtime-ignored"]
+    assert (f.line, f.field) == (16, "spec.template.metadata.annotations.kaito.sh/runtime"), f.text()
+
+
+def test_replicas_outside_the_bounds_and_a_set_service_held_while_the_set_is_wrong(validate):
+    rev = validate({"s.yaml": annotated(min_replicas=0, max_replicas=1)})
+    [f] = errors(rev)
+    assert (f.rule, f.field) == (
+        "scaling-bounds",
+        "spec.replicas",
+    ) and "outside the scaling bounds 0-1" in f.message
+    assert ("Service", "llm", "phi") in rev.invalid_objects and rev.held_sets == {("llm", "phi")}

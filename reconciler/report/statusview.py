@@ -177,7 +177,8 @@ def text_table(rows: list[list[str]]) -> str:
 
 def set_document(s, by_key: dict) -> dict:
     """An InferenceSet's status: its members as the reports see them, and its bounds."""
-    members = [by_key[k] for k in sorted(by_key) if k[0] == s.namespace and _member_of(k[1], s.name)]
+    count = max(s.replicas, s.scaling.max_replicas)
+    members = [by_key[k] for i in range(count) if (k := (s.namespace, s.member_name(i))) in by_key]
     ready = sum(1 for r in members if r.status.state == "Ready")
     return {
         "apiVersion": "kaito-gitops.io/v1alpha1",
@@ -190,11 +191,6 @@ def set_document(s, by_key: dict) -> dict:
         "bounds": {"minReplicas": s.scaling.min_replicas, "maxReplicas": s.scaling.max_replicas},
         "members": [{"name": r.key[1], "state": r.status.state} for r in members],
     }
-
-
-def _member_of(name: str, set_name: str) -> bool:
-    head, _, index = name.rpartition("-")
-    return head == set_name and index.isdigit()
 
 
 def set_lines(docs: list[dict]) -> list[str]:
@@ -228,8 +224,13 @@ def status_files(reports: list[WorkspaceReport], revision: str, objects=(), sets
     docs = [status_document(r) for r in reports]
     files = {status_path(r.key): dump(d) for r, d in zip(reports, docs, strict=True)}
     by_key = {r.key: r for r in reports}
-    set_docs = [set_document(s, by_key) for s in sorted(sets, key=lambda s: s.key)]
-    for d in set_docs:
-        files[status_path((d["metadata"]["namespace"], d["metadata"]["name"]))] = dump(d)
+    set_docs = []
+    for s in sorted((s for s in sets if s.name), key=lambda s: s.key):
+        path = status_path(s.key)
+        if path in files:
+            continue  # a workspace of that name (an error in both files): its status stays its own
+        d = set_document(s, by_key)
+        set_docs.append(d)
+        files[path] = dump(d)
     files["STATUS.md"] = status_markdown(reports, docs, revision, objects, set_docs)
     return files

@@ -41,6 +41,9 @@ class Revision:
     object_findings: dict[ObjectKey, list[Finding]] = field(default_factory=dict)  # the errors, by object
     suites: list = field(default_factory=list)  # evals/*.yaml (evals.suite.EvalSuite), valid or not
     inference_sets: list = field(default_factory=list)  # inferenceset.InferenceSet; members are workspaces
+    held_sets: set = field(
+        default_factory=set
+    )  # (ns, name) of sets with errors: members keep their last good
 
     def findings_of(self, ws: Workspace) -> list[Finding]:
         return self.workspace_findings.get(id(ws), [])
@@ -127,8 +130,9 @@ def _read_suites(rev: Revision, path: str, raw: bytes, max_file_bytes: int | Non
 
 def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_members, template_only) -> None:
     """An InferenceSet: its own findings, then its members as workspaces and its Service as an
-    object. Members exist only for a schema-valid set; with replicas 0 the template is still
-    checked, through a member that is not run."""
+    object. A set with an error of its own runs no member: its members are held at their last good
+    version (`held_sets`, as for an invalid workspace) and its Service is not changed; the template
+    is still checked, through a member that is not run (so too with replicas 0)."""
     from runtime.inference_args import DEFAULT_PORT
 
     key = ("inferenceset", doc.index, namespace)
@@ -136,22 +140,46 @@ def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_membe
     if hit is None:
         found = check_schema(doc)
         s, own = inferenceset.read(doc, namespace)
-        hit = schema_cache[key] = (s, found + own)
-    s, found = hit
+        broken = any(f.is_error and f.rule.startswith("schema") for f in found)
+        count = 0 if broken else (1 if any(f.is_error for f in found + own) else max(s.replicas, 1))
+        members = [
+            replace(
+                Workspace.read(inferenceset.member_document(s, i), namespace),
+                set_labels=(
+                    (inferenceset.LABEL_CREATED_BY, s.name),
+                    (inferenceset.LABEL_MEMBER, s.member_name(i)),
+                ),
+            )
+            for i in range(count)
+        ]
+        hit = schema_cache[key] = (s, found + own, members)
+    s, found, members = hit
     rev.inference_sets.append(s)
     rev.file_findings.extend(found)
-    if any(f.is_error and f.rule.startswith("schema") for f in found):
-        return
-    members = [
-        Workspace.read(inferenceset.member_document(s, i), namespace) for i in range(max(s.replicas, 1))
-    ]
+    errors = [f for f in found if f.is_error]
+    if s.name:
+        if errors:
+            rev.held_sets.add(s.key)
+        object_docs.append((inferenceset.service_document(s, DEFAULT_PORT), {}))
     for ws in members:
         set_members[id(ws)] = s
-        rev.workspace_findings[id(ws)] = [f for f in found if f.is_error]  # a bad set runs no member
+        rev.workspace_findings[id(ws)] = list(errors)
         ws_docs.append(ws)
-    if s.replicas == 0:
+    if members and (errors or s.replicas == 0):
         template_only.add(id(members[0]))
-    object_docs.append((inferenceset.service_document(s, DEFAULT_PORT), {}))
+
+
+def _members_share_errors(rev: Revision, set_members: dict) -> None:
+    """One member's error is every member's: a set is one template, never applied in part."""
+    by_set: dict[int, list[Workspace]] = {}
+    for ws in rev.workspaces:
+        if id(ws) in set_members:
+            by_set.setdefault(id(set_members[id(ws)]), []).append(ws)
+    for members in by_set.values():
+        errors = list(dict.fromkeys(f for ws in members for f in rev.findings_of(ws) if f.is_error))
+        for ws in members:
+            have = set(rev.workspace_findings[id(ws)])
+            rev.workspace_findings[id(ws)].extend(f for f in errors if f not in have)
 
 
 def _set_rules(s, member: Workspace, ctx: Context) -> list[Finding]:
@@ -172,15 +200,6 @@ def _set_rules(s, member: Workspace, ctx: Context) -> list[Finding]:
                 "inferenceset-node-count-limit",
                 f"replicas {s.replicas} need {s.replicas * nodes} node(s) ({nodes} each), more than "
                 f"nodeCountLimit {s.node_count_limit}",
-            )
-        ]
-    if s.scaling.min_replicas * nodes > s.node_count_limit:
-        return [
-            doc.finding(
-                at,
-                "inferenceset-node-count-limit",
-                f"nodeCountLimit {s.node_count_limit} is too small for {s.scaling.min_replicas} replica(s) of "
-                f"{nodes} node(s) each ({s.scaling.min_replicas * nodes} nodes)",
             )
         ]
     if s.scaling.max_replicas * nodes > s.node_count_limit:
@@ -369,12 +388,13 @@ def validate_sources(
         found = check_workspace(ws, ctx)
         s = set_members.get(id(ws))
         if s is not None:  # named by the set's own fields, at the set's own lines
-            found = [inferenceset.member_finding(f) for f in found]
-            if id(s) not in sized:
-                sized[id(s)] = _set_rules(s, ws, ctx)
+            # the set's name is checked once, for every member it makes (inferenceset._names)
+            found = [inferenceset.member_finding(f) for f in found if f.field != "metadata.name"]
+            if id(s) not in sized:  # a set with an error of its own runs nothing to size
+                sized[id(s)] = [] if s.key in rev.held_sets else _set_rules(s, ws, ctx)
             found += sized[id(s)]
         else:
-            found += inferenceset.bounds_on_a_workspace(ws.document, ws.annotations)
+            found += inferenceset.on_a_workspace(ws.document, ws.annotations)
         if id(ws) in template_only:  # replicas 0: the template is checked, nothing runs
             rev.file_findings.extend(found)
             rev.workspace_findings.pop(id(ws), None)
@@ -394,7 +414,10 @@ def validate_sources(
                             "live in one file",
                         )
                     )
+    _members_share_errors(rev, set_members)
     _check_objects(rev, object_docs, policy or kinds.ObjectPolicy(), namespace)
+    for held in rev.held_sets:  # its Service stays as it is while the set has an error
+        rev.invalid_objects.add(("Service", *held))
     known = {ws.key: _adapter_names(ws) for ws in rev.workspaces if ws.name}
     for i, suite in enumerate(rev.suites):
         missing = unknown_workspaces(suite, known)
