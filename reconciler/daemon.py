@@ -112,11 +112,6 @@ class PassResult:
     objects_held: list[ObjectKey] = field(default_factory=list)  # not pruned: the prune guard
 
 
-def _set_of(plan: WorkspacePlan) -> tuple[str, str] | None:
-    owner = dict(plan.workspace.set_labels).get("inferenceset.kaito.sh/created-by")
-    return (plan.workspace.namespace, owner) if owner else None
-
-
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -221,12 +216,10 @@ class Daemon:
             if key not in present and plan.workspace.path in validated.unreadable_files:
                 desired[key] = plan  # its file cannot be read right now: hold, do not prune
                 present.add(key)
-            elif key not in present and _set_of(plan) in validated.held_sets:
+            elif key not in present and plan.workspace.set_key in validated.held_sets:
                 desired[key] = plan  # its InferenceSet has an error: the member keeps its last good version
                 present.add(key)
-                findings.setdefault(key, []).extend(
-                    f for f in validated.file_findings if f.is_error and f.path == plan.workspace.path
-                )
+                findings.setdefault(key, []).extend(validated.held_sets[plan.workspace.set_key])
         last_good = {k: v for k, v in self.last_good.items() if k in present}
         last_good.update({k: p for k, p in state.plans.items() if not p.problems})
         for key, old in self.desired.items():  # a changed workspace gets a fresh start

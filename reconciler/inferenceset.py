@@ -282,38 +282,27 @@ def _scaling(doc: Document, annotations: dict, replicas: int) -> tuple[Scaling, 
                 "it scales, so keep it between them",
             )
         )
-    target = DEFAULT_TARGET_QUEUE
-    if TARGET_QUEUE in annotations:
-        try:
-            target = float(str(annotations[TARGET_QUEUE]))
-        except ValueError:
-            target = -1.0
-        if not target > 0:
-            out.append(
-                doc.finding(
-                    at(TARGET_QUEUE),
-                    "scaling-bounds",
-                    f"{TARGET_QUEUE} must be a number above 0 (waiting requests per replica), not {annotations[TARGET_QUEUE]!r}",
-                )
-            )
-            target = DEFAULT_TARGET_QUEUE
-    after = DEFAULT_SCALE_DOWN_AFTER
-    if SCALE_DOWN_AFTER in annotations:
-        from .runconfig import duration
 
+    def positive(key: str, parse, default: float, what: str) -> float:
+        if key not in annotations:
+            return default
         try:
-            after = duration(str(annotations[SCALE_DOWN_AFTER]))
+            value = parse(str(annotations[key]))
         except ValueError:
-            after = -1.0
-        if not after > 0:
-            out.append(
-                doc.finding(
-                    at(SCALE_DOWN_AFTER),
-                    "scaling-bounds",
-                    f"{SCALE_DOWN_AFTER} must be a duration above 0 such as 90s, 5m or 1h, not {annotations[SCALE_DOWN_AFTER]!r}",
-                )
-            )
-            after = DEFAULT_SCALE_DOWN_AFTER
+            value = -1.0
+        if value > 0:
+            return value
+        out.append(doc.finding(at(key), "scaling-bounds", f"{key} must be {what}, not {annotations[key]!r}"))
+        return default
+
+    from .runconfig import duration
+
+    target = positive(
+        TARGET_QUEUE, float, DEFAULT_TARGET_QUEUE, "a number above 0 (waiting requests per replica)"
+    )
+    after = positive(
+        SCALE_DOWN_AFTER, duration, DEFAULT_SCALE_DOWN_AFTER, "a duration above 0 such as 90s, 5m or 1h"
+    )
     return Scaling(lo, hi, target, after), out
 
 
@@ -377,7 +366,6 @@ def member_document(s: InferenceSet, index: int) -> Document:
         resource["labelSelector"] = spec["labelSelector"]
     name = s.member_name(index)
     labels = {**(tmeta.get("labels") or {}), LABEL_CREATED_BY: s.name, LABEL_MEMBER: name}
-    # (Workspace.set_labels is set by the caller from the set itself, never read from a file)
     metadata = {"name": name, "namespace": s.namespace, "labels": labels}
     if tmeta.get("annotations"):
         metadata["annotations"] = dict(tmeta["annotations"])

@@ -170,16 +170,19 @@ class SetChange:
     def cost_delta(self) -> float:
         return round(sum(c.cost_delta for c in self.members), 3)
 
+    @property
+    def replicas(self) -> int:
+        return sum(1 for c in self.members if c.after is not None)
+
     def heading(self) -> str:
-        n = sum(1 for c in self.members if c.after is not None)
+        n = self.replicas
         scale = ""
         if self.min_replicas is not None and self.min_replicas != self.max_replicas:
             scale = f", scales {self.min_replicas}-{self.max_replicas}"
         return f"InferenceSet, {n} replica(s){scale}"
 
     def cost_text(self) -> str:
-        price = self.plan.price_per_hour
-        n = sum(1 for c in self.members if c.after is not None)
+        price, n = self.plan.price_per_hour, self.replicas
         out = f"{money(None if price is None else price * n)}/h for {n}"
         if price is not None and self.min_replicas is not None and self.min_replicas != self.max_replicas:
             out += (
@@ -201,19 +204,16 @@ class SetChange:
 
 def grouped(diff: PlanDiff, show_unchanged: bool = False) -> list[WorkspaceChange | SetChange]:
     """The changes in order, an InferenceSet's members folded into one SetChange at the first."""
-    from .workspace import SET_LABELS
-
     out: list = []
     sets: dict[tuple[str, str], SetChange] = {}
     for c in diff.changes:
         if c.action == "unchanged" and not show_unchanged:
             continue
         p = c.after or c.before
-        owner = dict(p.workspace.set_labels).get(SET_LABELS[0])
-        if owner is None:
+        key = p.workspace.set_key
+        if key is None:
             out.append(c)
             continue
-        key = (c.key[0], owner)
         if key not in sets:
             s = diff.after.sets.get(key) or diff.before.sets.get(key)
             bounds = (s.scaling.min_replicas, s.scaling.max_replicas) if s is not None else (None, None)

@@ -191,6 +191,7 @@ class Resource:
         )
 
 
+# Kaito's label on an InferenceSet's workspaces (value: the set), and ours naming the member
 SET_LABELS = ("inferenceset.kaito.sh/created-by", "inferencesetmember.kaito.sh")
 
 
@@ -207,8 +208,8 @@ class Workspace:
     tuning: Tuning | None
     document: Document = field(compare=False, repr=False)
     # the InferenceSet a member belongs to, set by validation from the set itself (never read
-    # from a file: a Workspace cannot join a set by a label); its pods carry these labels too
-    set_labels: tuple[tuple[str, str], ...] = ()
+    # from a file: a Workspace cannot join a set by a label)
+    set_name: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -217,6 +218,15 @@ class Workspace:
     @property
     def path(self) -> str:
         return self.document.path
+
+    @property
+    def set_key(self) -> tuple[str, str] | None:
+        return (self.namespace, self.set_name) if self.set_name else None
+
+    @property
+    def set_labels(self) -> dict[str, str]:
+        """What a member and its pods carry: the set's Service selects them by the first."""
+        return dict(zip(SET_LABELS, (self.set_name, self.name), strict=True)) if self.set_name else {}
 
     @property
     def kind(self) -> str:

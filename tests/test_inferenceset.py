@@ -140,8 +140,8 @@ def test_kaitos_webhook_rules(validate, name, text, field):
         )
 
 
-def test_partition_is_immutable_across_revisions(validate):
-    # Kaito: TestInferenceSetMIGImmutable; kaito-gitops refuses partitions outright (not only changes)
+def test_a_partition_is_refused_for_a_set_as_for_a_workspace(validate):
+    # Kaito's TestInferenceSetMIGImmutable refuses a changed partition; kaito-gitops runs none at all
     with_partition = SET.replace(
         "      instanceType: Standard_NC24ads_A100_v4\n", "      partition: {mode: mig, profile: 1g.10gb}\n"
     )
@@ -347,11 +347,7 @@ def test_a_name_too_long_for_its_last_member_is_one_finding_and_no_member_runs(v
 
 
 def test_a_huge_replica_count_is_refused_before_any_member_is_made(validate):
-    import time
-
-    t0 = time.perf_counter()
     rev = validate({"s.yaml": SET.replace("replicas: 2", "replicas: 1000000000000")})
-    assert time.perf_counter() - t0 < 5
     assert [(f.rule, f.field) for f in errors(rev)] == [("inferenceset-replicas", "spec.replicas")]
     assert rev.workspaces == []
 
@@ -387,4 +383,4 @@ def test_replicas_outside_the_bounds_and_a_set_service_held_while_the_set_is_wro
         "scaling-bounds",
         "spec.replicas",
     ) and "outside the scaling bounds 0-1" in f.message
-    assert ("Service", "llm", "phi") in rev.invalid_objects and rev.held_sets == {("llm", "phi")}
+    assert ("Service", "llm", "phi") in rev.invalid_objects and set(rev.held_sets) == {("llm", "phi")}

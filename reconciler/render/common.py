@@ -48,7 +48,7 @@ def ownership_labels(ws: Workspace) -> dict[str, str]:
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_WORKSPACE: ws.name,
         LABEL_WORKSPACE_NS: ws.namespace,
-        **dict(ws.set_labels),
+        **ws.set_labels,
     }
 
 

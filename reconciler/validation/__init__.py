@@ -41,9 +41,8 @@ class Revision:
     object_findings: dict[ObjectKey, list[Finding]] = field(default_factory=dict)  # the errors, by object
     suites: list = field(default_factory=list)  # evals/*.yaml (evals.suite.EvalSuite), valid or not
     inference_sets: list = field(default_factory=list)  # inferenceset.InferenceSet; members are workspaces
-    held_sets: set = field(
-        default_factory=set
-    )  # (ns, name) of sets with errors: members keep their last good
+    # (ns, name) of sets with errors of their own -> those errors: members keep their last good
+    held_sets: dict = field(default_factory=dict)
 
     def findings_of(self, ws: Workspace) -> list[Finding]:
         return self.workspace_findings.get(id(ws), [])
@@ -143,13 +142,7 @@ def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_membe
         broken = any(f.is_error and f.rule.startswith("schema") for f in found)
         count = 0 if broken else (1 if any(f.is_error for f in found + own) else max(s.replicas, 1))
         members = [
-            replace(
-                Workspace.read(inferenceset.member_document(s, i), namespace),
-                set_labels=(
-                    (inferenceset.LABEL_CREATED_BY, s.name),
-                    (inferenceset.LABEL_MEMBER, s.member_name(i)),
-                ),
-            )
+            replace(Workspace.read(inferenceset.member_document(s, i), namespace), set_name=s.name)
             for i in range(count)
         ]
         hit = schema_cache[key] = (s, found + own, members)
@@ -159,7 +152,7 @@ def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_membe
     errors = [f for f in found if f.is_error]
     if s.name:
         if errors:
-            rev.held_sets.add(s.key)
+            rev.held_sets[s.key] = errors
         object_docs.append((inferenceset.service_document(s, DEFAULT_PORT), {}))
     for ws in members:
         set_members[id(ws)] = s
