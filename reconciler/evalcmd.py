@@ -87,9 +87,10 @@ def _ask(probe, suite, target, key, plan) -> tuple[list, str]:
     return cases, ""
 
 
-def run_suites(rev, state, suites, target, timeout: float, say=_say) -> list:
+def run_suites(rev, state, suites, target, timeout: float, say=_say, http: dict | None = None) -> list:
     """Every suite against every workspace it names; one result each, errors included. `say`
-    gets the progress lines (stderr for the command, the log for the daemon's previews)."""
+    gets the progress lines (stderr for the command, the log for the daemon's previews); `http`,
+    how to reach the endpoints (a cluster preview through the API server: its credentials)."""
     from .evals.scoring import SuiteResult
     from .targets.probe import Probe
 
@@ -126,9 +127,7 @@ def run_suites(rev, state, suites, target, timeout: float, say=_say) -> list:
             if not endpoint:
                 results.append(SuiteResult(suite, name, [], error=why, start_seconds=start_seconds))
                 continue
-            # a cluster preview reached through the API server needs the daemon's credentials
-            http = getattr(target, "http_options", dict)()
-            probe = Probe(endpoint, adapter=suite.adapter, **http)
+            probe = Probe(endpoint, adapter=suite.adapter, **(http or {}))
             try:
                 say(f"{suite.name} on {name}: {len(suite.cases)} case(s)")
                 t_cases = time.perf_counter()

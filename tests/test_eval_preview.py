@@ -14,7 +14,7 @@ from test_github_review import OWNER, REPO, bot_comments, open_pr, reviewer, wor
 
 from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.evals.deployed import DeployedEvals
-from reconciler.evals.preview import CONTEXT, PreviewRunner, suites_to_preview
+from reconciler.evals.preview import CONTEXT, LocalPreviewer, PreviewRunner, suites_to_preview
 from reconciler.provisioners.none import NoneProvisioner
 from reconciler.report.github_review import VALIDATE_CONTEXT
 from reconciler.report.statusview import status_files
@@ -50,13 +50,14 @@ def test_suites_to_preview_are_those_of_changed_workspaces_and_changed_suites(va
     assert suites_to_preview(base, broken, {("default", "other")}) == [], "an invalid suite is not run"
 
 
-def test_after_a_restart_the_figures_stay_in_status_and_a_regression_is_still_flagged(validate):
-    from types import SimpleNamespace
-
+def test_after_a_restart_the_figures_stay_in_status_and_a_regression_is_still_flagged(
+    validate, git_remote, tmp_path
+):
     from test_eval_preview_cluster import answering
 
     from reconciler.evals.deployed import figures_in_status
     from reconciler.manifests import dump
+    from reconciler.report.statusgit import StatusWriter
 
     rev = validate({"smollm2.yaml": SMOL, "evals/geo.yaml": SUITE.replace("adapter: geo\n", "")})
     [suite] = rev.suites
@@ -74,10 +75,17 @@ def test_after_a_restart_the_figures_stay_in_status_and_a_regression_is_still_fl
     }
     seed = figures_in_status(files)
     assert seed == {("default", "smollm2"): (before,)}
-    daemon = SimpleNamespace(on_pass=[], evals={}, poke=lambda: None)  # what DeployedEvals reads and sets
-    deployed = DeployedEvals(daemon, seed=seed)
+    git_remote.write({"workspaces/smollm2.yaml": SMOL})
+    source = GitSource(git_remote.url, "main", tmp_path / "cache")
+    writer = StatusWriter(source, "kaito-status", "")
+    writer.write(files, "status before the restart")
+    # the restarted daemon: its figures come back from the status branch on the eval thread
+    daemon = Daemon(
+        source, LocalTarget(tmp_path / "served"), NoneProvisioner(), DaemonSettings(paths=["workspaces"])
+    )
+    deployed = DeployedEvals(daemon, earlier=writer.read)
     try:
-        assert daemon.evals == seed, "status keeps the figures until the suite runs again"
+        wait_until(lambda: daemon.evals == seed, timeout=5, what="status keeps the earlier figures")
         with answering("Lyon.") as server:  # the new revision answers wrongly
             doc = deployed._evaluate(
                 suite, ("default", "smollm2"), f"http://127.0.0.1:{server.server_port}", "b" * 40
@@ -86,21 +94,31 @@ def test_after_a_restart_the_figures_stay_in_status_and_a_regression_is_still_fl
         assert doc["previous"] == {"revision": "a" * 12, "passRate": 1.0, "thresholdsMet": True}
     finally:
         deployed.close()
+        daemon.close()
 
 
-def test_a_suite_that_asks_too_much_is_refused_and_fails_the_check_without_starting_anything(tmp_path):
-    from reconciler.evals.preview import LocalPreviewer, PreviewJob
-
+def test_a_suite_that_asks_too_much_is_refused_and_fails_the_check_without_starting_anything(
+    world,  # noqa: F811
+    tmp_path,
+):
+    remote, gh = world.remote, world.gh
+    remote.write({"workspaces/smollm2.yaml": SMOL}, "base")
     costly = (
         SUITE.replace("adapter: geo\n", "") + "load: {concurrency: 8, requests: 100000, max_tokens: 512}\n"
     )
-    files = [("workspaces/smollm2.yaml", SMOL.encode()), ("workspaces/evals/geo.yaml", costly.encode())]
-    job = PreviewJob(3, "a" * 40, "main", files, files, ("geo",))
-    outcome = LocalPreviewer(tmp_path / "previews", max_tokens=50_000).run(job)
-    assert outcome.state == "error", outcome  # a required check must not pass by not running
-    assert outcome.description.startswith("not previewed: geo: it asks for up to 51,200,048 tokens"), outcome
-    assert "more than --preview-max-tokens 50,000" in outcome.section and "### Eval :x:" in outcome.section
-    assert not (tmp_path / "previews" / "pr-3").exists() or no_process_left(tmp_path / "previews")
+    head = open_pr(world, 3, {"workspaces/evals/geo.yaml": costly}, "a suite that asks a lot")
+    r = reviewer(remote, gh, world.tmp)
+    r.previews = PreviewRunner(LocalPreviewer(tmp_path / "previews"), r.on_preview)
+    try:
+        r.review_now(3)
+        [st] = [s for s in gh.statuses(OWNER, REPO, head) if s["context"] == CONTEXT]
+        assert st["state"] == "error", st  # a required check must not pass by not running
+        assert st["description"].startswith("not previewed: geo: it asks for up to 51,200,048 tokens"), st
+        [c] = bot_comments(gh, 3)
+        assert "more than --preview-max-tokens 50,000" in c["body"] and "### Eval :x:" in c["body"]
+        assert r.previews.running is None and not (tmp_path / "previews" / "pr-3").exists(), "nothing started"
+    finally:
+        r.close()
 
 
 @pytest.mark.ml
@@ -147,7 +165,7 @@ def test_a_pr_that_swaps_in_a_bad_adapter_shows_the_pass_rate_drop_and_fails_the
     assert first["passRate"] == 1.0 and first["thresholdsMet"] and not first["regression"], first
     head = open_pr(world, 12, {"workspaces/smollm2.yaml": with_adapter(v2)}, "geo: the v2 adapter")
     r = reviewer(remote, gh, world.tmp)
-    r.previews = PreviewRunner(tmp_path / "previews", r.on_preview, timeout=300)
+    r.previews = PreviewRunner(LocalPreviewer(tmp_path / "previews", timeout=300), r.on_preview)
     try:
         r.review_now(12)
         [c] = bot_comments(gh, 12)

@@ -26,7 +26,7 @@ from ..planning import DesiredState, WorkspacePlan, plan_workspace
 from ..planview import money
 from ..render.common import LABEL_PREVIEW, RenderSettings
 from ..render.nodepool import TAG_PREVIEW
-from .preview import MAX_TOKENS, PreviewJob, PreviewOutcome, outcome_of, revisions, too_costly
+from .preview import PreviewJob, PreviewOutcome, outcome_of, revisions
 
 log = structlog.get_logger("kaito_gitops.preview")
 
@@ -105,7 +105,6 @@ class Prepared:
     head_state: DesiredState  # keyed by the repository's workspace keys, planned in pr-<number>
     suites: list
     skipped: list[str]
-    refused: list[str]
 
     @property
     def price_per_hour(self) -> float:
@@ -138,7 +137,6 @@ class ClusterPreviewer:
         reach: str = "service",
         refresh_every: float = 5.0,
         clock=time.time,
-        max_tokens: int = MAX_TOKENS,
         deployed=None,
     ):
         """`deployed`: the daemon's own KubernetesTarget, read (never refreshed) for the base;
@@ -157,7 +155,7 @@ class ClusterPreviewer:
         self.namespace, self.policy, self.byo_nodes = namespace, policy, byo_nodes
         self.timeout, self.reach, self.refresh_every = timeout, reach, refresh_every
         self.clock = clock
-        self.max_tokens = max_tokens
+        self._described: tuple[PreviewJob, Prepared] | None = None  # describe's work, for run
         self._job: PreviewJob | None = None  # the one running
         self._cancelled = threading.Event()
         self._stages: list = []
@@ -166,7 +164,7 @@ class ClusterPreviewer:
     def prepare(self, job: PreviewJob) -> Prepared:
         from ..catalog import load_catalog
         from ..planning import plan_revision
-        from ..targets.preview_cluster import PREFIX, preview_namespace
+        from ..targets.preview_cluster import is_preview_namespace, preview_namespace
 
         base_rev, head_rev = revisions(job, self.namespace, "kubernetes", self.byo_nodes, self.policy)
         base_state, planned = plan_revision(base_rev), plan_revision(head_rev)
@@ -174,12 +172,8 @@ class ClusterPreviewer:
         catalog, ns = load_catalog(), preview_namespace(job.number)
         head_state = DesiredState()
         taken: dict[str, tuple[str, str]] = {}  # name in the preview namespace -> workspace
-        runnable, skipped, refused = [], [], []
+        runnable, skipped = [], []
         for s in (s for s in head_rev.suites if s.name in job.suites and s.valid):
-            costly = too_costly(s, self.max_tokens)
-            if costly:
-                refused.append(f"`{s.name}`: {costly}")
-                continue
             why = ""
             for key in s.workspaces:
                 plan = planned.plans.get(key)
@@ -192,7 +186,7 @@ class ClusterPreviewer:
                         f"{key[1]} uses {r.kind} {r.name} ({'.'.join(map(str, r.field))}), which a preview "
                         "namespace does not have"
                     )
-                elif re.fullmatch(re.escape(PREFIX) + r"\d+", key[0]):
+                elif is_preview_namespace(key[0]):
                     why = f"{key[0]}/{key[1]} lives in a namespace named like a preview's; previews leave it alone"
                 elif taken.get(key[1], key) != key:
                     other = taken[key[1]]
@@ -212,10 +206,11 @@ class ClusterPreviewer:
                 runnable.append(s)
         wanted = {k for s in runnable for k in s.workspaces}
         head_state.plans = {k: p for k, p in head_state.plans.items() if k in wanted}
-        return Prepared(base_rev, head_rev, base_state, head_state, runnable, skipped, refused)
+        return Prepared(base_rev, head_rev, base_state, head_state, runnable, skipped)
 
     def describe(self, job: PreviewJob) -> tuple[str, str]:
         prep = self.prepare(job)
+        self._described = (job, prep)  # run() takes it from here: the revisions are read once
         price = prep.price_per_hour
         ttl = _span(self.caps.ttl)
         where = (
@@ -239,17 +234,18 @@ class ClusterPreviewer:
         from ..evalcmd import run_suites
         from ..targets.preview_cluster import ClusterStage, DeployedStage, preview_namespace
 
-        prep = self.prepare(job)
+        described, self._described = self._described, None
+        prep = described[1] if described is not None and described[0] is job else self.prepare(job)
         ns = preview_namespace(job.number)
         if not prep.suites:
-            return outcome_of(job, [], [], prep.skipped, 0.0, not_here="in the cluster", refused=prep.refused)
+            return outcome_of(job, [], [], prep.skipped, 0.0, not_here="in the cluster")
         refusal = over_caps(self.namespaces.live(), job.number, prep.price_per_hour, self.caps)
         if refusal:
             return PreviewOutcome(job, "error", refusal[:140], f"### Eval :warning:\n\n{refusal}.\n")
         if self._cancelled.is_set():
             return _superseded(job)
         self.namespaces.ensure(job.number, self.clock() + self.caps.ttl, prep.price_per_hour)
-        self._drop_others(ns, {p.key for p in prep.head_state.plans.values()})
+        self._remove(ns, keep={p.key for p in prep.head_state.plans.values()})
         say = lambda text: log.info("eval preview: " + text, pr=job.number)  # noqa: E731
         log.info("eval preview", pr=job.number, namespace=ns, suites=[s.name for s in prep.suites])
         t0 = time.perf_counter()
@@ -261,8 +257,9 @@ class ClusterPreviewer:
         if self._cancelled.is_set():
             return _superseded(job)
         # the base is what serves now: ready or not, waiting would not make it so
-        base = run_suites(prep.base_rev, prep.base_state, prep.suites, base_stage, BASE_WAIT, say=say)
-        head = run_suites(prep.head_rev, prep.head_state, prep.suites, head_stage, self.timeout, say=say)
+        http = head_stage.http_options()
+        base = run_suites(prep.base_rev, prep.base_state, prep.suites, base_stage, BASE_WAIT, say, http)
+        head = run_suites(prep.head_rev, prep.head_state, prep.suites, head_stage, self.timeout, say, http)
         seconds = time.perf_counter() - t0
         log.info("eval preview done", pr=job.number, seconds=round(seconds, 1))
         ran = (
@@ -270,16 +267,15 @@ class ClusterPreviewer:
             f"`{ns}` of the cluster ({prep.pools()}, {money(prep.price_per_hour)}/h until merge, close "
             f"or {_span(self.caps.ttl)} from now)"
         )
-        return outcome_of(
-            job, head, base, prep.skipped, seconds, ran=ran, not_here="in the cluster", refused=prep.refused
-        )
+        return outcome_of(job, head, base, prep.skipped, seconds, ran=ran, not_here="in the cluster")
 
-    def _drop_others(self, ns: str, keep: set) -> None:
-        """A push that previews fewer workspaces: the others leave the namespace (and their pools)."""
+    def _remove(self, ns: str, keep: set = frozenset()) -> None:
+        """The workloads in `ns` but `keep`, and their pools: a push that previews fewer
+        workspaces, or a teardown (keep nothing)."""
         self.target.refresh()
         for key in [k for k in self.target.live_workspaces() if k[0] == ns and k not in keep]:
             self.target.remove(key)
-            log.info("eval preview: no longer previewed", workspace=f"{key[0]}/{key[1]}")
+            log.info("eval preview: workload removed", workspace=f"{key[0]}/{key[1]}")
         self.provisioner.refresh()
         for key in sorted(k for k in self.provisioner.owned() if k[0] == ns and k not in keep):
             self.provisioner.release(key)
@@ -310,19 +306,16 @@ class ClusterPreviewer:
 
     # -- teardown -----------------------------------------------------------------------------------
     def forget(self, number: int) -> None:
-        """Merged or closed: the workloads, then the namespace; the pools follow in `upkeep`."""
+        """Merged or closed: the workloads and their pools, then the namespace."""
         preview = self.namespaces.live().get(number)
         if preview is not None and not preview.terminating:
             self._teardown(preview, "the pull request was merged or closed")
-        self._release_pools()
 
     def _teardown(self, preview, why: str) -> None:
         from ..targets.preview_cluster import preview_namespace
 
         ns = preview_namespace(preview.number)
-        self.target.refresh()
-        for key in [k for k in self.target.live_workspaces() if k[0] == ns]:
-            self.target.remove(key)
+        self._remove(ns)
         if self._refresh_deployed:
             self.deployed.refresh()
         ours = [k for k in self.deployed.live_workspaces() if k[0] == ns]
@@ -333,20 +326,22 @@ class ClusterPreviewer:
         log.info("eval preview torn down", pr=preview.number, namespace=ns, why=why)
 
     def upkeep(self) -> None:
-        """Tear down previews past their expiry; release pools whose preview namespace is gone."""
-        now = self.clock()
-        for preview in self.namespaces.live().values():
-            if not preview.terminating and preview.expires_at is not None and preview.expires_at <= now:
-                self._teardown(preview, "its time to live ran out")
-        self._release_pools()
-
-    def _release_pools(self) -> None:
+        """Tear down previews past their expiry; release pools whose preview namespace is gone
+        (a teardown cut short, a namespace deleted by hand). Pool deletion takes minutes: each
+        round moves it on."""
         from ..targets.preview_cluster import preview_namespace
 
-        live = {preview_namespace(n) for n, p in self.namespaces.live().items() if not p.terminating}
+        now, up = self.clock(), set()
+        for preview in self.namespaces.live().values():
+            if preview.terminating:
+                continue
+            if preview.expires_at is not None and preview.expires_at <= now:
+                self._teardown(preview, "its time to live ran out")
+            else:
+                up.add(preview_namespace(preview.number))
         self.provisioner.refresh()
         for key in sorted(self.provisioner.owned()):
-            if key[0] not in live:
+            if key[0] not in up:
                 self.provisioner.release(key)
 
 

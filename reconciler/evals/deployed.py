@@ -64,11 +64,13 @@ def figures_in_status(files: dict[str, str]) -> dict[tuple[str, str], tuple[dict
     what a daemon that restarts compares its next figures with. Unreadable files are skipped."""
     from ruamel.yaml import YAML, YAMLError
 
+    from ..report.statusview import status_key
+
     yaml = YAML(typ="safe")
     out = {}
     for path, text in files.items():
-        parts = path.split("/")
-        if len(parts) != 3 or parts[0] != "status" or not parts[2].endswith(".yaml"):
+        key = status_key(path)
+        if key is None:
             continue
         try:
             doc = yaml.load(text)
@@ -80,23 +82,20 @@ def figures_in_status(files: dict[str, str]) -> dict[tuple[str, str], tuple[dict
                 e for e in entries if isinstance(e, dict) and {"file", "revision", "passRate"} <= e.keys()
             )
             if good:
-                out[(parts[1], parts[2][: -len(".yaml")])] = good
+                out[key] = good
     return out
 
 
 class DeployedEvals:
-    def __init__(self, daemon, *, load: bool = False, seed: dict | None = None):
-        """`seed`: figures_in_status() of the status branch, so a restart keeps the figures in
-        status and still flags a regression against the revision before it."""
+    def __init__(self, daemon, *, load: bool = False, earlier=None):
+        """`earlier`: a callable returning the status files from before a restart (read on the
+        worker thread, not at start-up), so their figures stay in status and the next revision
+        is still compared with them."""
         self.daemon = daemon
         self.load = load
+        self._earlier = earlier
         self._done: dict[tuple, str] = {}  # (suite path, workspace) -> signature it ran against
         self._last: dict[tuple, dict] = {}  # (suite path, workspace) -> figures at the last revision
-        for key, entries in (seed or {}).items():
-            for e in entries:
-                self._last[(e["file"], key)] = {**e, "_previous": e.get("previous")}
-        if seed:
-            daemon.evals = {**seed, **daemon.evals}
         self._queue: list[tuple] = []
         self._cond = threading.Condition()
         self._stop = False
@@ -139,7 +138,21 @@ class DeployedEvals:
                 self._queue.extend(wanted)
                 self._cond.notify()
 
+    def _seed(self) -> None:
+        try:
+            seed = figures_in_status(self._earlier())
+        except Exception as e:  # a status branch that cannot be read: start without them
+            log.warning("could not read earlier eval figures from status", error=error_text(e))
+            return
+        for key, entries in seed.items():
+            for e in entries:
+                self._last[(e["file"], key)] = {**e, "_previous": e.get("previous")}
+        if seed:
+            self.daemon.evals = {**seed, **self.daemon.evals}
+
     def _run(self) -> None:
+        if self._earlier is not None:
+            self._seed()
         while True:
             with self._cond:
                 while not self._queue and not self._stop:

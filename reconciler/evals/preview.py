@@ -50,6 +50,7 @@ class PreviewJob:
     base_files: list[tuple[str, bytes]]
     head_files: list[tuple[str, bytes]]
     suites: tuple[str, ...]  # suite names (file names without .yaml)
+    refused: tuple[str, ...] = ()  # suites the pull request asks too much of: not run, the check fails
 
 
 @dataclass
@@ -79,7 +80,7 @@ def pending_section(job: PreviewJob, queued_behind: int = 0, where: str = LOCAL_
 MAX_TOKENS = 50_000  # a pull request's suite may not make a preview write more, per workspace
 
 
-def too_costly(suite: EvalSuite, max_tokens: int) -> str:
+def too_costly(suite: EvalSuite, max_tokens: int = MAX_TOKENS) -> str:
     """Why a suite is not previewed for what it would ask (a pull request's author sets it), or ''."""
     if suite.most_tokens <= max_tokens:
         return ""
@@ -116,11 +117,11 @@ def outcome_of(
     *,
     ran: str = "",
     not_here: str = "on this machine",
-    refused: list[str] = (),
 ) -> PreviewOutcome:
     """`ran`: where and against what (default: both revisions on the daemon's machine).
     `skipped` suites do not count (too big for where previews run); `refused` ones fail the
     status: what the pull request itself asks for must not pass the gate by not running."""
+    refused = job.refused
     failed = any(not r.thresholds_met and not r.error for r in results)
     broken = [r for r in results if r.error]  # it did not serve, or stopped: not a verdict on answers
     icon = ":x:" if failed or refused or broken else ":white_check_mark:"
@@ -159,28 +160,9 @@ class PreviewRunner:
     previews (and at least every `upkeep_every` seconds) the previewer tears down what was
     forgotten or has expired."""
 
-    def __init__(
-        self,
-        state_dir: Path,
-        on_done,
-        *,
-        namespace: str = "default",
-        policy=None,
-        byo_nodes: bool = False,
-        timeout: float = 600.0,
-        max_pending: int = 4,
-        previewer=None,
-        upkeep_every: float = 60.0,
-        max_tokens: int = MAX_TOKENS,
-    ):
-        self.previewer = previewer or LocalPreviewer(
-            Path(state_dir),
-            namespace=namespace,
-            policy=policy,
-            byo_nodes=byo_nodes,
-            timeout=timeout,
-            max_tokens=max_tokens,
-        )
+    def __init__(self, previewer, on_done, *, max_pending: int = 4, upkeep_every: float = 60.0):
+        """`previewer`: a LocalPreviewer or a cluster_preview.ClusterPreviewer."""
+        self.previewer = previewer
         self.on_done = on_done
         self.max_pending = max_pending
         self.upkeep_every = upkeep_every
@@ -284,11 +266,10 @@ class LocalPreviewer:
         policy=None,
         byo_nodes=False,
         timeout=600.0,
-        max_tokens: int = MAX_TOKENS,
     ):
-        self.state_dir = state_dir
+        self.state_dir = Path(state_dir)
         self.namespace, self.policy, self.byo_nodes = namespace, policy, byo_nodes
-        self.timeout, self.max_tokens = timeout, max_tokens
+        self.timeout = timeout
         self._target = None  # the LocalTarget of the preview that runs now
         self._stopped = False
         self._cancelled = False  # the running preview was superseded
@@ -332,7 +313,7 @@ class LocalPreviewer:
         suites = [s for s in head_rev.suites if s.name in job.suites and s.valid]
         folder = self.state_dir / f"pr-{job.number}"
         shutil.rmtree(folder, ignore_errors=True)
-        runnable, skipped, refused = [], [], []
+        runnable, skipped = [], []
         for s in suites:
             refusals = [
                 refusal_of(state.plans[k])
@@ -341,10 +322,7 @@ class LocalPreviewer:
                 if k in state.plans
             ]
             why = next((r for r in refusals if r), "")
-            costly = too_costly(s, self.max_tokens)
-            if costly:
-                refused.append(f"`{s.name}`: {costly}")
-            elif why:
+            if why:
                 skipped.append(f"`{s.name}`: {why}")
             else:
                 runnable.append(s)
@@ -359,7 +337,7 @@ class LocalPreviewer:
             seconds=round(seconds, 1),
             met=all(r.thresholds_met for r in head),
         )
-        return outcome_of(job, head, base, skipped, seconds, refused=refused)
+        return outcome_of(job, head, base, skipped, seconds)
 
     def _serve_and_ask(self, rev, state, suites, folder: Path, run_suites) -> list:
         if not suites or self._stopped or self._cancelled:

@@ -200,6 +200,14 @@ class AksProvisioner:
                 if (k := _key_of((p.get("properties") or {}).get("tags"), self.previews))
             }
 
+    def hopeless(self, status: ResourceStatus) -> bool:
+        """Someone has to act first: raise a quota, grant a role, change the workspace."""
+        if status.ready:
+            return False
+        if status.reason == "AgentPoolConflict":
+            return True
+        return status.reason in RETRY_AFTER and (RETRY_AFTER[status.reason] or float("inf")) >= 600
+
     def _pool(self, name: str) -> dict | None:
         with self._lock:
             return self.pools.get(name)

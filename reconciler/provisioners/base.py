@@ -24,3 +24,6 @@ class Provisioner(Protocol):
 
     def owned(self) -> set[WorkspaceKey]:
         """Workspaces that have nodes from this provisioner (found on the provider, not in memory)."""
+
+    def hopeless(self, status: ResourceStatus) -> bool:
+        """Whether waiting would change `status` soon (an eval preview gives up on it if not)."""

@@ -36,6 +36,9 @@ class NoneProvisioner:
     def refresh(self) -> None:
         return None
 
+    def hopeless(self, status: ResourceStatus) -> bool:
+        return False  # your nodes may come at any time
+
     def ensure(self, plan: WorkspacePlan, nodes: list[NodeState] | None) -> ResourceStatus:
         if nodes is None:  # a target without nodes (render, local): nothing to wait for
             return ResourceStatus(True, "workspaceResourceStatusSuccess", "no nodes needed for this target")

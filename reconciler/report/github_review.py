@@ -25,11 +25,15 @@ from githubkit.exception import RateLimitExceeded, RequestFailed
 from .. import budgets, capacity
 from ..evals.preview import (
     CONTEXT,
+    MAX_TOKENS,
+    LocalPreviewer,
     PreviewJob,
     PreviewRunner,
+    outcome_of,
     pending_section,
     refused_section,
     suites_to_preview,
+    too_costly,
 )
 from ..logs import error_text
 from ..plandiff import diff_states
@@ -101,7 +105,8 @@ class GitHubReviewer:
         self._paused_until = 0.0
         self.is_leader = lambda: True  # with several replicas, only the Lease holder reviews
         self.azure = None  # an AzureFactsReader when the daemon provisions AKS pools
-        self.previews = None  # an evals.preview.PreviewRunner with --preview-target local
+        self.previews = None  # an evals.preview.PreviewRunner with --preview-target local or kubernetes
+        self.preview_max_tokens = MAX_TOKENS
         self._outcomes: dict[int, object] = {}  # PR -> the PreviewOutcome not yet posted
         self._thread = threading.Thread(target=self._run, name="github-review", daemon=True)
         self._thread.start()
@@ -287,7 +292,15 @@ class GitHubReviewer:
         self._outcomes.pop(number, None)
         if not suites:
             return "", None
-        job = PreviewJob(number, head, base_ref, base_files, head_files, tuple(s.name for s in suites))
+        # what the pull request's own suites ask for is checked here, once, for every previewer
+        refused = tuple(
+            f"`{s.name}`: {why}" for s in suites if (why := too_costly(s, self.preview_max_tokens))
+        )
+        runnable = tuple(s.name for s in suites if not too_costly(s, self.preview_max_tokens))
+        job = PreviewJob(number, head, base_ref, base_files, head_files, runnable, refused)
+        if not runnable:
+            outcome = outcome_of(job, [], [], [], 0.0)
+            return outcome.section, (outcome.state, outcome.description)
         try:  # where it would run and what it costs, before anything starts
             where, why = self.previews.describe(job)
         except Exception as e:
@@ -528,22 +541,24 @@ def build_reviewer(daemon, cfg) -> GitHubReviewer:
             reviewer.azure = AzureFactsReader.from_config(cfg)
     if getattr(cfg, "preview_target", "off") != "off":
         reviewer.previews = PreviewRunner(
-            Path(cfg.local_state_dir) / "previews",
-            reviewer.on_preview,
-            namespace=daemon.settings.namespace,
-            policy=getattr(daemon.settings, "policy", None),
-            byo_nodes=daemon.render.byo_nodes,
-            timeout=cfg.preview_timeout,
-            max_pending=cfg.preview_queue,
-            max_tokens=cfg.preview_max_tokens,
-            previewer=cluster_previewer(daemon, cfg) if cfg.preview_target == "kubernetes" else None,
+            previewer(daemon, cfg), reviewer.on_preview, max_pending=cfg.preview_queue
         )
+        reviewer.preview_max_tokens = cfg.preview_max_tokens
     daemon.on_pass.append(reviewer.on_pass)
     return reviewer
 
 
-def cluster_previewer(daemon, cfg):
-    """`--preview-target kubernetes`: the daemon's cluster, pools from its provisioner's kind."""
+def previewer(daemon, cfg):
+    """Where previews run: the daemon's machine, or (`kubernetes`) the daemon's cluster, with
+    node pools from its provisioner's kind."""
+    common = {
+        "namespace": daemon.settings.namespace,
+        "policy": getattr(daemon.settings, "policy", None),
+        "byo_nodes": daemon.render.byo_nodes,
+        "timeout": cfg.preview_timeout,
+    }
+    if cfg.preview_target != "kubernetes":
+        return LocalPreviewer(Path(cfg.local_state_dir) / "previews", **common)
     from ..evals.cluster_preview import Caps, ClusterPreviewer
     from ..provisioners.none import NoneProvisioner
 
@@ -558,11 +573,7 @@ def cluster_previewer(daemon, cfg):
         provisioner,
         render=daemon.render,
         caps=Caps(cfg.preview_ttl, cfg.preview_max, cfg.preview_max_price),
-        namespace=daemon.settings.namespace,
-        policy=getattr(daemon.settings, "policy", None),
-        byo_nodes=daemon.render.byo_nodes,
-        timeout=cfg.preview_timeout,
         reach=cfg.preview_reach,
-        max_tokens=cfg.preview_max_tokens,
         deployed=daemon.target,  # its snapshot is what serves now; no second listing of the cluster
+        **common,
     )

@@ -19,6 +19,14 @@ def status_path(key: tuple[str, str]) -> str:
     return f"status/{key[0]}/{key[1]}.yaml"
 
 
+def status_key(path: str) -> tuple[str, str] | None:
+    """status_path's inverse: the workspace a status file is about, or None for other files."""
+    parts = path.split("/")
+    if len(parts) != 3 or parts[0] != "status" or not parts[2].endswith(".yaml"):
+        return None
+    return (parts[1], parts[2].removesuffix(".yaml"))
+
+
 def status_document(r: WorkspaceReport) -> dict:
     s: WorkspaceStatus = r.status
     doc: dict = {

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import structlog
 
-from ..logs import error_text
-
 log = structlog.get_logger("kaito_gitops.report")
 
 
@@ -30,15 +28,10 @@ def attach(daemon, cfg) -> list:
         daemon.on_pass.append(reporter.on_pass)
         out.append(reporter)
     if getattr(cfg, "eval_deployed", "off") != "off":
-        from ..evals.deployed import DeployedEvals, figures_in_status
+        from ..evals.deployed import DeployedEvals
 
-        seed = {}
-        if writer is not None:  # the figures from before a restart: kept, and compared with
-            try:
-                seed = figures_in_status(writer.read())
-            except Exception as e:
-                log.warning("could not read earlier eval figures from status", error=error_text(e))
-        out.append(DeployedEvals(daemon, load=cfg.eval_deployed == "all", seed=seed))
+        earlier = writer.read if writer is not None else None
+        out.append(DeployedEvals(daemon, load=cfg.eval_deployed == "all", earlier=earlier))
     if cfg.github_repo:
         from .github_review import build_reviewer
 

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ..planning import WorkspacePlan
 from ..render.common import LABEL_MANAGED_BY, LABEL_PREVIEW, MANAGED_BY
-from ..status import Observation, ResourceStatus
+from ..status import Observation, ResourceStatus, pod_problem
 from .base import ObjectsResult, WorkspaceKey
 from .kubernetes import APPLY, FIELD_MANAGER, TIMEOUT, _json, endpoint
 
@@ -34,6 +34,12 @@ PREFIX = "pr-"
 
 def preview_namespace(number: int) -> str:
     return f"{PREFIX}{number}"
+
+
+def is_preview_namespace(name: str) -> bool:
+    """Named as a preview's would be (the label says whether it is one)."""
+    number = name.removeprefix(PREFIX)
+    return name.startswith(PREFIX) and number.isdigit() and name == preview_namespace(int(number))
 
 
 def _iso(epoch: float) -> str:
@@ -63,7 +69,7 @@ def _number(ns: dict) -> int | None:
     labelled by hand, `pr-007`, a label that does not match the name)."""
     md = ns.get("metadata") or {}
     label = (md.get("labels") or {}).get(LABEL_PREVIEW, "")
-    if not (label.isdigit() and label == str(int(label)) and md.get("name") == preview_namespace(int(label))):
+    if not (is_preview_namespace(md.get("name", "")) and md["name"] == PREFIX + label):
         return None
     if (md.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
         return None
@@ -280,34 +286,13 @@ class ClusterStage(_Stage):
             return self.stopped
         key = (self.namespace, key[1])
         r = self.resources.get(key)
-        if r is not None and not r.ready and r.reason in _FATAL:
+        if r is not None and self.provisioner.hopeless(r):
             return f"its nodes cannot be made: {r.message or r.reason}"
-        for pod in self.target.observe(key, self.plans.get(key)).pods:
-            if pod.waiting_reason in _STUCK:  # waiting would only bill GPU hours
-                return f"pod {pod.name}: {pod.waiting_reason}" + (
-                    f" ({pod.waiting_message[:200]})" if pod.waiting_message else ""
-                )
+        problem = pod_problem(self.target.observe(key, self.plans.get(key)).pods)
+        if problem is not None and problem[0] in _STUCK:  # waiting would only bill GPU hours
+            return problem[1]
         return ""
 
 
-# Provisioner answers that waiting will not change (quota, a size not offered, a bad request)
-_FATAL = {
-    "QuotaExceeded",
-    "SkuNotAvailable",
-    "AgentPoolConflict",
-    "AuthorizationFailed",
-    "LinkedAuthorizationFailed",
-    "InvalidRequest",
-    "BadRequest",
-    "InvalidParameter",
-    "OperationNotAllowed",
-    "ResourceNotFound",
-}
-# Pod states that do not end by waiting
-_STUCK = {
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-}
+# status.pod_problem reasons that do not end by waiting (not scheduling: nodes may still come)
+_STUCK = {"ContainerOOMKilled", "ImagePullError", "ContainerStartError", "ContainerCrashLoopBackOff"}

@@ -65,7 +65,7 @@ def preview(cache: Path, state: Path) -> None:
 
     sys.path.insert(0, str(ROOT))
     os.environ.update({"HF_HUB_OFFLINE": "1", "KAITO_MODEL_CACHE": str(cache), "HF_HOME": str(cache / "hf")})
-    from reconciler.evals.preview import PreviewJob, PreviewRunner
+    from reconciler.evals.preview import LocalPreviewer, PreviewJob, PreviewRunner
 
     files = [
         (str(p.relative_to(ROOT / "example-repo")), p.read_bytes())
@@ -76,7 +76,7 @@ def preview(cache: Path, state: Path) -> None:
         for p, b in files
     ]
     done: queue.Queue = queue.Queue()
-    runner = PreviewRunner(state, done.put)
+    runner = PreviewRunner(LocalPreviewer(state), done.put)
     t0 = time.perf_counter()
     runner.submit(PreviewJob(1, "0" * 40, "main", files, head, ("smollm2",)))
     outcome = done.get(timeout=1200)
