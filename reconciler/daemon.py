@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from . import budgets, kinds
+from . import budgets, inferenceset, kinds
+from .autoscale import SetScale
 from .catalog import Sku, load_catalog, sku_from_gpu_labels
 from .companions import ObjectKey
 from .findings import Finding
@@ -43,6 +44,7 @@ from .status import (
 )
 from .targets.base import Target
 from .validation import Revision, validate_sources, with_settings
+from .workspace import Workspace
 
 log = structlog.get_logger("kaito_gitops.daemon")
 
@@ -112,6 +114,15 @@ class PassResult:
     objects_held: list[ObjectKey] = field(default_factory=list)  # not pruned: the prune guard
 
 
+def autoscaled(validated: Revision) -> list:
+    """The InferenceSets the autoscaler may scale: bounds apart, and no error held."""
+    return [
+        s
+        for s in validated.inference_sets
+        if s.name and not s.scaling.fixed and s.key not in validated.held_sets
+    ]
+
+
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -164,6 +175,15 @@ class Daemon:
         self._moved_out: dict[WorkspaceKey, str] = {}
         self.objects = ObjectSync()  # the other objects of the watched folders (objectsync.py)
         self.evals: dict[WorkspaceKey, tuple] = {}  # suites' figures per workspace (evals/deployed.py)
+        # InferenceSets the autoscaler scales (scaler.py): the members each runs now, and what the
+        # autoscaler has asked for since (applied at the start of the next pass, on this thread)
+        self.set_counts: dict[tuple[str, str], int] = {}
+        self._asked_counts: dict[tuple[str, str], int] = {}
+        self._counts_lock = threading.Lock()
+        self.scaling: dict[tuple[str, str], SetScale] = {}  # the autoscaler's state, shown in status
+        self._in_git: tuple[dict, set] = ({}, set())  # desired and present as git has them, before counts
+        self._member_plans: dict = {}  # plans of members beyond spec.replicas, by plan_cache_key
+        self.set_endpoints: dict[tuple[str, str], str] = {}  # each InferenceSet's one endpoint
         if hasattr(target, "on_change"):  # targets that know at once when a workload changes
             target.on_change = self.poke
 
@@ -222,6 +242,10 @@ class Daemon:
                 findings.setdefault(key, []).extend(validated.held_sets[plan.workspace.set_key])
         last_good = {k: v for k, v in self.last_good.items() if k in present}
         last_good.update({k: p for k, p in state.plans.items() if not p.problems})
+        self._in_git = (dict(desired), set(present))
+        desired, present = self._with_counts(validated, rev, *self._in_git, fresh=True)
+        # members the autoscaler added are good too: a later error in the set holds them, not drops them
+        last_good.update({k: p for k, p in desired.items() if k not in state.plans and p.workspace.set_name})
         for key, old in self.desired.items():  # a changed workspace gets a fresh start
             if key in desired and desired[key] is not old:
                 self._backoff.pop(key, None)
@@ -250,6 +274,96 @@ class Daemon:
             errors=sum(len(v) for v in findings.values()),
             seconds=round(time.perf_counter() - start, 3),
         )
+
+    # -- InferenceSets the autoscaler scales ------------------------------------------------------
+    def scale(self, key: tuple[str, str], count: int) -> None:
+        """The autoscaler asks for `count` members of set `key`; the next pass (at once) applies it."""
+        with self._counts_lock:
+            self._asked_counts[key] = count
+        self.poke()
+
+    def count_of(self, key: tuple[str, str]) -> int | None:
+        """Members set `key` runs, or will at the next pass (None: not an autoscaled set)."""
+        with self._counts_lock:
+            return self._asked_counts.get(key, self.set_counts.get(key))
+
+    def autoscaled(self) -> list:
+        return autoscaled(self.validated) if self.validated is not None else []
+
+    def _apply_asked_counts(self) -> None:
+        with self._counts_lock:
+            asked, self._asked_counts = self._asked_counts, {}
+        asked = {k: n for k, n in asked.items() if self.set_counts.get(k, n) != n and k in self.set_counts}
+        if not asked or self.validated is None:
+            return
+        self.set_counts.update(asked)
+        old = self.desired
+        self.desired, self.present = self._with_counts(self.validated, self.revision, *self._in_git)
+        for key, plan in old.items():
+            if key not in self.desired:
+                self._backoff.pop(key, None)
+                self._leaving[key] = plan  # Deleting until its nodes are released too
+
+    def _with_counts(self, validated, rev: str, desired: dict, present: set, fresh: bool = False):
+        """Desired and present workspaces with each autoscaled set at its count: git plans
+        spec.replicas members; the members below it that the count leaves out are not run, and
+        those above it are made from the template as Kaito's controller would."""
+        desired, present = dict(desired), set(present)
+        sets = {s.key: s for s in autoscaled(validated)}
+        for key in [k for k in self.set_counts if k not in sets]:
+            del self.set_counts[key]
+        used: dict = {}
+        for key, s in sets.items():
+            lo, hi = s.scaling.min_replicas, s.scaling.max_replicas
+            count = self.set_counts[key] = min(hi, max(lo, self.set_counts.get(key, s.replicas)))
+            for i in range(count, s.replicas):
+                k = (s.namespace, s.member_name(i))
+                desired.pop(k, None)
+                present.discard(k)
+            for i in range(s.replicas, count):
+                k = (s.namespace, s.member_name(i))
+                if k in desired:  # a Workspace of that name: validation says so; never replace it
+                    continue
+                desired[k] = self._member_plan(validated, rev, s, i, used)
+                present.add(k)
+        if fresh:
+            self._member_plans = used
+        else:
+            self._member_plans.update(used)
+        return desired, present
+
+    def _member_plan(self, validated, rev: str, s, index: int, used: dict) -> WorkspacePlan:
+        ws = replace(Workspace.read(inferenceset.member_document(s, index), s.namespace), set_name=s.name)
+        settings = replace(self.render, revision=rev[:12])
+        byo = self._byo_skus.get(ws.key)
+        ckey = plan_cache_key(ws, validated.configmaps, settings, byo)
+        plan = used.get(ckey) or self._member_plans.get(ckey)
+        if plan is None:
+            plan = plan_workspace(
+                ws, catalog=load_catalog(), configmaps=validated.configmaps, settings=settings, byo_sku=byo
+            )
+        used[ckey] = plan
+        return plan
+
+    def member_gpus(self, s) -> int:
+        """GPUs one member of set `s` takes (0 on bring-your-own nodes we do not pay for)."""
+        for i in range(max(s.replicas, 1)):
+            plan = self.desired.get((s.namespace, s.member_name(i))) or self.last_good.get(
+                (s.namespace, s.member_name(i))
+            )
+            if plan is not None:
+                return plan.gpus
+        if self.validated is None:
+            return 0
+        return self._member_plan(self.validated, self.revision, s, 0, {}).gpus
+
+    def beyond_count(self, key: WorkspaceKey) -> bool:
+        """A member the autoscaler scaled away: removing it is deliberate, never an accident."""
+        for (ns, name), count in self.set_counts.items():
+            tail = key[1][len(name) + 1 :]
+            if key[0] == ns and key[1].startswith(name + "-") and tail.isdigit() and int(tail) >= count:
+                return True
+        return False
 
     def _removals(self, prev: str, rev: str) -> dict[str, str]:
         """How files left git between two revisions (path -> where it moved, "" if deleted)."""
@@ -343,7 +457,9 @@ class Daemon:
         self.head = rev
         if changed:
             self._load(rev)
+        self._apply_asked_counts()
         self.target.refresh()
+        self.set_endpoints = self.target.serve_sets(self.validated.inference_sets if self.validated else [])
         self.provisioner.refresh()
         self._size_byo()
         result = PassResult(rev, changed)
@@ -354,9 +470,10 @@ class Daemon:
         unreadable = self.validated.unreadable_files if self.validated else set()
         removable = {k for k in keys - set(self.desired) - self.present if live.get(k, "") not in unreadable}
         result.held = sorted(k for k in keys - set(self.desired) - removable)
-        if removable and not self.present and not self._prune_guard(removable, rev):
-            result.held += sorted(removable)
-            removable = set()
+        guarded = {k for k in removable if not self.beyond_count(k)}
+        if guarded and not self.present and not self._prune_guard(guarded, rev):
+            result.held += sorted(guarded)
+            removable -= guarded
         now = time.monotonic()
         todo = []
         for key in sorted(set(self.desired) | removable):
@@ -569,7 +686,11 @@ class Daemon:
     def reports(self) -> list[WorkspaceReport]:
         """Status of every workspace in the repository (invalid ones included)."""
         out = []
-        workspaces = {ws.key: ws for ws in (self.validated.workspaces if self.validated else []) if ws.name}
+        workspaces = {
+            ws.key: ws
+            for ws in (self.validated.workspaces if self.validated else [])
+            if ws.name and not self.beyond_count(ws.key)  # scaled away: not a workspace for now
+        }
         pools = self.provisioner.owned()  # what is billed: pools that exist, as the last refresh saw them
         for key in sorted(set(workspaces) | set(self.desired)):
             plan = self.desired.get(key)

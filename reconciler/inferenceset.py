@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from . import __version__
 from .findings import Finding, Severity
 from .loading import Document, Positions
 from .workspace import SET_LABELS
@@ -408,18 +409,69 @@ def member_finding(f: Finding) -> Finding:
     return f
 
 
-def service_document(s: InferenceSet, port: int) -> Document:
-    """The set's Service `<set>`: every ready member's pods behind one name, placed at the set's
-    `metadata.name` (a finding about it points there)."""
-    data = {
+ACTIVATOR_PORT = 8080
+LABEL_ACTIVATOR = "kaito-gitops.io/activator"
+# the daemon's own image runs the activator (reconciler/targets/activator.py): nothing else to build
+ACTIVATOR_IMAGE = f"ghcr.io/kaito-gitops/daemon:{__version__}"
+
+
+def scales_to_zero(s: InferenceSet) -> bool:
+    return s.scaling.min_replicas == 0 and not s.scaling.fixed
+
+
+def service_documents(s: InferenceSet, port: int) -> list[Document]:
+    """The set's Service `<set>`: every ready member's pods behind one name.
+
+    A set that may scale to zero puts its activator behind `<set>` instead (a small CPU
+    Deployment, `<set>-activator`, that holds requests while no member is ready), and the members
+    behind `<set>-members`, where the activator sends them. Every document is placed at the set's
+    `metadata.name`, where a finding about it points."""
+    created_by = {LABEL_CREATED_BY: s.name}
+    if not scales_to_zero(s):
+        return [_at_name(s, _service(s, s.name, created_by, port))]
+    activator = {LABEL_ACTIVATOR: s.name}
+    upstream = f"http://{s.name}-members.{s.namespace}.svc"
+    container = {
+        "name": "activator",
+        "image": ACTIVATOR_IMAGE,
+        "command": ["python", "-m", "reconciler.targets.activator", "--name", s.name, "--upstream", upstream],
+        "ports": [{"name": "http", "containerPort": ACTIVATOR_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/metrics", "port": ACTIVATOR_PORT}},
+        "resources": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "256Mi"}},
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{s.name}-activator", "namespace": s.namespace, "labels": dict(created_by)},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": activator},
+            "template": {"metadata": {"labels": activator}, "spec": {"containers": [container]}},
+        },
+    }
+    return [
+        _at_name(s, d)
+        for d in (
+            _service(s, s.name, activator, ACTIVATOR_PORT),
+            _service(s, f"{s.name}-members", created_by, port),
+            deployment,
+        )
+    ]
+
+
+def _service(s: InferenceSet, name: str, selector: dict, port: int) -> dict:
+    return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": s.name, "namespace": s.namespace, "labels": {LABEL_CREATED_BY: s.name}},
+        "metadata": {"name": name, "namespace": s.namespace, "labels": {LABEL_CREATED_BY: s.name}},
         "spec": {
-            "selector": {LABEL_CREATED_BY: s.name},
+            "selector": dict(selector),
             "ports": [{"name": "http", "port": 80, "targetPort": port, "protocol": "TCP"}],
         },
     }
+
+
+def _at_name(s: InferenceSet, data: dict) -> Document:
     at = s.document.positions.value(("metadata", "name"))
     positions = Positions({}, {p: at for p in _paths(data)})
     return Document(s.document.path, s.document.index, data, positions)

@@ -81,6 +81,31 @@ class Metrics:
             ["code"],
             registry=r,
         )
+        self.set_replicas = Gauge(
+            "kaito_gitops_inferenceset_replicas",
+            "Members an autoscaled InferenceSet runs now (the autoscaler's count)",
+            ["namespace", "inferenceset"],
+            registry=r,
+        )
+        self.scale_events = Counter(
+            "kaito_gitops_inferenceset_scale_events_total",
+            "Times the autoscaler changed an InferenceSet's count, by direction",
+            ["namespace", "inferenceset", "direction"],
+            registry=r,
+        )
+        self.cold_start_seconds = Histogram(
+            "kaito_gitops_inferenceset_cold_start_seconds",
+            "From a request held at zero replicas to the first member ready",
+            ["namespace", "inferenceset"],
+            registry=r,
+            buckets=(5, 10, 30, 60, 120, 300, 600, 1200),
+        )
+        self.gpu_hours_saved = Gauge(
+            "kaito_gitops_inferenceset_gpu_hours_saved",
+            "GPU-hours not run by scaling below max-replicas, since the daemon started",
+            ["namespace", "inferenceset"],
+            registry=r,
+        )
         self.revision_info = Gauge(
             "kaito_gitops_revision_info", "The revision being reconciled", ["revision"], registry=r
         )

@@ -39,7 +39,9 @@ def build_target(cfg: RunConfig, api_client=None):
     from .targets.kubernetes import KubernetesTarget
 
     return KubernetesTarget(
-        api_client or kube_client(cfg.kubeconfig, cfg.context), allowed_kinds=object_policy(cfg).allowed
+        api_client or kube_client(cfg.kubeconfig, cfg.context),
+        allowed_kinds=object_policy(cfg).allowed,
+        reach=cfg.preview_reach,
     )
 
 
@@ -111,6 +113,10 @@ def cmd_run(args) -> int:
     except SourceError as e:
         raise UsageError(str(e)) from None
     extras = attach_reporters(daemon, cfg)
+    if not cfg.once and not cfg.no_autoscale and cfg.target != "render":
+        from .scaler import Scaler
+
+        extras.append(Scaler(daemon).start())
     if cfg.once:
         try:
             result = daemon.run_pass()

@@ -103,6 +103,9 @@ class RunConfig:
     preview_reach: str = "service"  # service (cluster DNS) | proxy (the API server's service proxy)
     eval_deployed: str = "cases"  # off | cases | all (cases and the load section)
     local_state_dir: str = ".kaito-gitops/local"
+    # InferenceSets with scaling bounds (docs/inferenceset.md); off: the set runs spec.replicas
+    # members and something else (KEDA) may scale them
+    no_autoscale: bool = False
 
     @property
     def webhook_secret(self) -> bytes:
@@ -197,12 +200,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "preview_ttl": "a cluster preview is torn down this long after the pull request's last push",
         "preview_max": "cluster previews at once; beyond it a preview is refused until one ends",
         "preview_max_price": "$/hour that every cluster preview's node pools may cost together",
-        "preview_reach": "how the daemon reaches a cluster preview: service (cluster DNS, the daemon "
-        "runs in the cluster) | proxy (through the API server's service proxy)",
+        "preview_reach": "how the daemon reaches a cluster preview, and InferenceSet members' /metrics: "
+        "service (cluster DNS, the daemon runs in the cluster) | proxy (through the API server's service proxy)",
         "preview_queue": "pull requests whose previews may wait; beyond it a preview is refused",
         "eval_deployed": "after a merge, run the suites against the deployed endpoints and put the "
         "figures in status: off | cases | all (with the load section)",
         "local_state_dir": "where the local target keeps logs, data and endpoints",
+        "no_autoscale": "do not scale InferenceSets between their scaling.kaito-gitops.io bounds: each runs "
+        "spec.replicas members (for KEDA or an HPA instead, docs/inferenceset.md)",
     }
     defaults = RunConfig()
     for f in fields(RunConfig):

@@ -7,20 +7,28 @@ commits the newest snapshot when it is free (older snapshots are simply supersed
 from __future__ import annotations
 
 import threading
+import time
 
 import structlog
 
 from ..logs import error_text
 from .statusgit import StatusWriter
-from .statusview import status_files
+from .statusview import scaling_paths, status_files
 
 log = structlog.get_logger("kaito_gitops.status")
 
+# A change that only autoscaling made (members coming and going, a scale event) waits this long
+# after the previous commit: a set that scales every few seconds must not be a commit storm.
+SCALING_GAP = 60.0
+
 
 class StatusReporter:
-    def __init__(self, writer: StatusWriter):
+    def __init__(self, writer: StatusWriter, scaling_gap: float = SCALING_GAP):
         self.writer = writer
-        self._pending: tuple[dict[str, str], str] | None = None
+        self.scaling_gap = scaling_gap
+        self._committed_at = float("-inf")  # monotonic time of the last write
+        self._hurry = False  # flush(): write what waits now
+        self._pending: tuple[dict[str, str], str, bool] | None = None
         self._cond = threading.Condition()
         self._stop = False
         self._busy = False
@@ -38,28 +46,47 @@ class StatusReporter:
             return  # the usual pass: nothing to report changed, so nothing to serialise
         self._last_seen = seen
         sets = daemon.validated.inference_sets if getattr(daemon, "validated", None) is not None else ()
-        files = status_files(reports, daemon.revision, objects, sets)
+        files = status_files(
+            reports,
+            daemon.revision,
+            objects,
+            sets,
+            getattr(daemon, "scaling", None),
+            getattr(daemon, "set_endpoints", None),
+        )
         if files == self._last_written:
             return  # nothing changed since the last commit: no work, no commit
         changes = _summary(self._last_written or {}, files)
         message = f"kaito-gitops: status at {daemon.revision[:12]}" + (f"\n\n{changes}" if changes else "")
+        autoscaled = daemon.autoscaled() if hasattr(daemon, "autoscaled") else []
+        old = self._last_written or {}
+        changed = {p for p in set(old) | set(files) if old.get(p) != files.get(p)} - {"STATUS.md"}
+        only_scaling = bool(autoscaled) and changed <= scaling_paths(autoscaled)
         with self._cond:
-            self._pending = (files, message)
+            self._pending = (files, message, only_scaling)
             self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._pending is None and not self._stop:
-                    self._cond.wait()
+                while not self._stop:
+                    if self._pending is None:
+                        self._cond.wait()
+                        continue
+                    wait = self._committed_at + self.scaling_gap - time.monotonic()
+                    if not self._pending[2] or wait <= 0 or self._hurry:
+                        break
+                    self._cond.wait(wait)  # a newer snapshot may replace it meanwhile
                 if self._pending is None and self._stop:
                     return
-                files, message = self._pending
+                files, message, _ = self._pending
                 self._pending = None
                 self._busy = True
             try:
                 result = self.writer.write(files, message)
                 self._last_written = files
+                if result.committed:
+                    self._committed_at = time.monotonic()
                 self.last_error = ""
                 if result.committed:
                     log.info(
@@ -79,7 +106,10 @@ class StatusReporter:
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until the pending snapshot is written (tests, shutdown)."""
         with self._cond:
+            self._hurry = True
+            self._cond.notify_all()
             self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+            self._hurry = False
 
     def close(self) -> None:
         self.flush()

@@ -6,6 +6,8 @@ so an unchanged cluster produces byte-identical files and no commit.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from ..budgets import HOURS_PER_MONTH
 from ..daemon import WorkspaceReport, spend
 from ..manifests import dump
@@ -183,12 +185,13 @@ def text_table(rows: list[list[str]]) -> str:
     )
 
 
-def set_document(s, by_key: dict) -> dict:
-    """An InferenceSet's status: its members as the reports see them, and its bounds."""
+def set_document(s, by_key: dict, scaling: dict | None = None, endpoints: dict | None = None) -> dict:
+    """An InferenceSet's status: its members as the reports see them, its bounds, its endpoint, and
+    (autoscaled) the last scale event, the last cold start and the GPU-hours saved."""
     count = max(s.replicas, s.scaling.max_replicas)
     members = [by_key[k] for i in range(count) if (k := (s.namespace, s.member_name(i))) in by_key]
     ready = sum(1 for r in members if r.status.state == "Ready")
-    return {
+    doc = {
         "apiVersion": "kaito-gitops.io/v1alpha1",
         "kind": "InferenceSetStatus",
         "metadata": {"name": s.name, "namespace": s.namespace},
@@ -199,6 +202,34 @@ def set_document(s, by_key: dict) -> dict:
         "bounds": {"minReplicas": s.scaling.min_replicas, "maxReplicas": s.scaling.max_replicas},
         "members": [{"name": r.key[1], "state": r.status.state} for r in members],
     }
+    if (endpoints or {}).get(s.key):
+        doc["endpoint"] = endpoints[s.key]
+    st = (scaling or {}).get(s.key)
+    if not s.scaling.fixed and st is not None:
+        ev = st.last_event
+        doc["autoscaling"] = {
+            "lastScaleEvent": None
+            if ev is None
+            else {
+                "time": datetime.fromtimestamp(ev.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "from": ev.old,
+                "to": ev.new,
+                "reason": ev.reason,
+            },
+            "coldStartSeconds": st.cold_start_seconds,
+            # to a tenth: a figure that moves every few seconds would be a commit a minute
+            "gpuHoursSaved": round(st.gpu_seconds_saved / 3600, 1),
+        }
+    return doc
+
+
+def scaling_paths(sets) -> set[str]:
+    """The status files an autoscaled set's scale events change: its own and its members'."""
+    out = set()
+    for s in sets:
+        out.add(status_path(s.key))
+        out.update(status_path((s.namespace, s.member_name(i))) for i in range(s.scaling.max_replicas))
+    return out
 
 
 def set_lines(docs: list[dict]) -> list[str]:
@@ -209,8 +240,8 @@ def set_lines(docs: list[dict]) -> list[str]:
         "",
         "## InferenceSets",
         "",
-        "| SET | STATE | READY | BOUNDS | MEMBERS |",
-        "| --- | --- | --- | --- | --- |",
+        "| SET | STATE | READY | BOUNDS | MEMBERS | LAST SCALE | GPU-HOURS SAVED |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for d in docs:
         md, b = d["metadata"], d["bounds"]
@@ -220,13 +251,26 @@ def set_lines(docs: list[dict]) -> list[str]:
             else f"{b['minReplicas']}-{b['maxReplicas']}"
         )
         members = ", ".join(f"{m['name']} ({m['state']})" for m in d["members"]) or "-"
-        out.append(
-            f"| {md['namespace']}/{md['name']} | {d['state']} | {d['readyReplicas']}/{d['replicas']} | {bounds} | {members} |"
-        )
+        auto = d.get("autoscaling") or {}
+        ev = auto.get("lastScaleEvent")
+        last = f"{ev['from']} -> {ev['to']} at {ev['time']}: {ev['reason']}" if ev else "-"
+        saved = f"{auto['gpuHoursSaved']:g}" if auto else "-"
+        cells = [
+            f"{md['namespace']}/{md['name']}",
+            d["state"],
+            f"{d['readyReplicas']}/{d['replicas']}",
+            bounds,
+            members,
+            last,
+            saved,
+        ]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return out
 
 
-def status_files(reports: list[WorkspaceReport], revision: str, objects=(), sets=()) -> dict[str, str]:
+def status_files(
+    reports: list[WorkspaceReport], revision: str, objects=(), sets=(), scaling=None, endpoints=None
+) -> dict[str, str]:
     """Every file the status tree should hold, by path relative to the status root."""
     reports = sorted(reports, key=lambda r: r.key)
     docs = [status_document(r) for r in reports]
@@ -237,7 +281,7 @@ def status_files(reports: list[WorkspaceReport], revision: str, objects=(), sets
         path = status_path(s.key)
         if path in files:
             continue  # a workspace of that name (an error in both files): its status stays its own
-        d = set_document(s, by_key)
+        d = set_document(s, by_key, scaling, endpoints)
         set_docs.append(d)
         files[path] = dump(d)
     files["STATUS.md"] = status_markdown(reports, docs, revision, objects, set_docs)

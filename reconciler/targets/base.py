@@ -61,5 +61,13 @@ class Target(Protocol):
     def missing(self, refs: list[Reference]) -> list[Reference]:
         """What a workspace mounts that is not there yet (as of the last apply_objects)."""
 
+    def serve_sets(self, sets: list) -> dict[tuple[str, str], str]:
+        """Give each InferenceSet its one endpoint (locally, an activator that holds requests while
+        no member is ready); set key -> the endpoint's URL."""
+
+    def set_load(self, s, members: list[WorkspaceKey]):
+        """What set `s`'s members (and its activator) report now, as an autoscale.Load; None when
+        the target runs nothing (render)."""
+
     def close(self) -> None:
         """Stop what this target started (local processes); nothing for a cluster."""

@@ -88,9 +88,11 @@ class KubernetesTarget:
         timeout: tuple[float, float] = TIMEOUT,
         allowed_kinds: frozenset[str] = kinds.DEFAULT_ALLOWED,
         selector: str = SELECTOR,
+        reach: str = "service",
     ):
         self.api_client = api_client
         self.selector = selector
+        self.reach = reach  # how set members' /metrics are read: "service" (cluster DNS) or "proxy"
         self.timeout = timeout
         self.companions = ObjectApplier(api_client, timeout, allowed_kinds)
         self._apis: dict[type, Any] = {}
@@ -393,6 +395,32 @@ class KubernetesTarget:
         except ApiException:
             return None
         return parse_progress_log(text)
+
+    # -- InferenceSets ----------------------------------------------------------------------
+    def serve_sets(self, sets: list) -> dict[tuple[str, str], str]:
+        """The set's Service `<set>` (a companion object) is its endpoint; nothing to start here."""
+        return {s.key: f"http://{s.name}.{s.namespace}.svc.cluster.local" for s in sets if s.name}
+
+    def set_load(self, s, members: list[WorkspaceKey]):
+        """Each ready member's /metrics through its own Service, and the activator's behind `<set>`."""
+        import httpx
+
+        from ..inferenceset import scales_to_zero
+        from .member_metrics import read_load
+        from .reach import http_options, service_url
+
+        urls = [
+            service_url(self.api_client, svc, self.reach)
+            for key in members
+            if (svc := self.service(key)) is not None and self.rolled_out(key)
+        ]
+        activator = ""
+        if scales_to_zero(s):
+            name = s.name
+            svc = {"metadata": {"name": name, "namespace": s.namespace}, "spec": {"ports": [{"port": 80}]}}
+            activator = service_url(self.api_client, svc, self.reach)
+        with httpx.Client(**(http_options(self.api_client) if self.reach == "proxy" else {})) as http:
+            return read_load(http, urls, activator)
 
     def close(self) -> None:
         return None

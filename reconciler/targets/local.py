@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -33,6 +33,7 @@ from ..configs import TRAINING_KEY
 from ..planning import ObjectPlan, WorkspacePlan
 from ..progress_format import progress_from_dict
 from ..status import JobState, NodeState, Observation
+from .activator import HOLD_TIMEOUT, Activator
 from .base import ApplyResult, ObjectsResult, WorkspaceKey
 from .local_objects import LocalObjects
 
@@ -131,6 +132,7 @@ class Workload:
     thread: threading.Thread | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     progress_file: Path | None = None
+    set_key: tuple[str, str] | None = None  # the InferenceSet it is a member of
 
     @property
     def endpoint(self) -> str:
@@ -147,7 +149,9 @@ class LocalTarget:
         python: str = sys.executable,
         cache_dir: str | Path | None = None,
         docker_config: str | None = None,
+        hold_timeout: float = HOLD_TIMEOUT,
     ):
+        self.hold_timeout = hold_timeout  # how long a set's activator holds a request for a member
         self.state_dir = Path(state_dir).resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.python = python
@@ -165,6 +169,8 @@ class LocalTarget:
         self.on_change = lambda: None
         self._notes: dict[WorkspaceKey, list[str]] = {}  # what this machine did not do, said in status
         self.stand_ins = LocalObjects(self.state_dir)  # PVCs, ConfigMaps and Secrets as folders
+        self.activators: dict[tuple[str, str], Activator] = {}  # each InferenceSet's one endpoint
+        self.on_hold = lambda set_key: None  # a request waits at a set with no ready member (the scaler)
 
     # -- the target interface -----------------------------------------------------------
     def refresh(self) -> None:
@@ -218,6 +224,9 @@ class LocalTarget:
             workload = self.workloads.pop(key, None)
         if workload is None:
             return True, ApplyResult()
+        activator = self.activators.get(workload.set_key) if workload.set_key else None
+        if activator is not None and workload.port:  # a member scaled away finishes what it has first
+            activator.drain(workload.endpoint)
         self._stop(workload)
         (workload.folder / "endpoint.json").unlink(missing_ok=True)
         log.info("stopped", workspace=f"{key[0]}/{key[1]}")
@@ -267,11 +276,69 @@ class LocalTarget:
         return (w.error or "failed") if w is not None and w.state == "Failed" else ""
 
     def close(self) -> None:
+        for key in list(self.activators):
+            self._stop_activator(key)
         with self._lock:
             workloads = list(self.workloads.values())
             self.workloads.clear()
         for w in workloads:
             self._stop(w)
+
+    # -- InferenceSets: one endpoint each, that holds requests while no member is ready ------------
+    def serve_sets(self, sets: list) -> dict[tuple[str, str], str]:
+        """An activator per set on a port of its own (the same one after a restart, when free)."""
+        want = {s.key: s for s in sets if s.name}
+        for key in [k for k in self.activators if k not in want]:
+            self._stop_activator(key)
+        for key, s in want.items():
+            if key in self.activators:
+                continue
+            folder = self.state_dir / key[0] / key[1]
+            folder.mkdir(parents=True, exist_ok=True)
+            act = Activator(
+                s.name,
+                port=self._set_port(folder),
+                upstreams=lambda key=key: self._ready_members(key),
+                on_hold=lambda key=key: self.on_hold(key),
+                hold_timeout=self.hold_timeout,
+            ).start()
+            self.activators[key] = act
+            (folder / "activator.json").write_text(json.dumps({"port": act.port}))
+            (folder / "endpoint.json").write_text(json.dumps({"endpoint": act.endpoint, "state": "Serving"}))
+            log.info("set endpoint", inferenceset=f"{key[0]}/{key[1]}", endpoint=act.endpoint)
+        return {k: a.endpoint for k, a in self.activators.items()}
+
+    def set_load(self, s, members: list[WorkspaceKey]):
+        import httpx
+
+        from .member_metrics import read_load
+
+        with self._lock:
+            urls = [w.endpoint for k in members if (w := self.workloads.get(k)) and w.state == "Ready"]
+        with httpx.Client() as http:
+            load = read_load(http, urls)
+        act = self.activators.get(s.key)
+        return replace(load, held=act.held, requests=act.requests) if act else load
+
+    def _ready_members(self, set_key: tuple[str, str]) -> list[str]:
+        with self._lock:
+            return [
+                w.endpoint for w in self.workloads.values() if w.set_key == set_key and w.state == "Ready"
+            ]
+
+    def _set_port(self, folder: Path) -> int:
+        try:
+            port = int(json.loads((folder / "activator.json").read_text())["port"])
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+            return port
+        except (OSError, ValueError, KeyError, TypeError):
+            return free_port()
+
+    def _stop_activator(self, key: tuple[str, str]) -> None:
+        self.activators.pop(key).stop()
+        (self.state_dir / key[0] / key[1] / "endpoint.json").unlink(missing_ok=True)
 
     # -- the other objects (local_objects.py) ---------------------------------------------
     def apply_objects(
@@ -296,7 +363,9 @@ class LocalTarget:
             port = previous.port if previous and previous.port else self._reuse_port(plan.key)
             steps = self._adapter_steps(plan, folder)
             steps.append(self._inference_command(plan, folder, port))
-            return Workload(plan.key, "inference", signature, folder, steps, port, env)
+            w = Workload(plan.key, "inference", signature, folder, steps, port, env)
+            w.set_key = plan.workspace.set_key
+            return w
         steps, progress = self._tuning_steps(plan, folder)
         return Workload(plan.key, "tuning", signature, folder, steps, 0, env, progress_file=progress)
 

@@ -13,7 +13,6 @@ with `reach="proxy"`, through the API server's service proxy with the daemon's o
 
 from __future__ import annotations
 
-import ssl
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -25,7 +24,8 @@ from ..planning import WorkspacePlan
 from ..render.common import LABEL_MANAGED_BY, LABEL_PREVIEW, MANAGED_BY
 from ..status import Observation, ResourceStatus, pod_problem
 from .base import ObjectsResult, WorkspaceKey
-from .kubernetes import APPLY, FIELD_MANAGER, TIMEOUT, _json, endpoint
+from .kubernetes import APPLY, FIELD_MANAGER, TIMEOUT, _json
+from .reach import http_options, service_url
 
 ANNOTATION_EXPIRES = "kaito-gitops.io/expires-at"
 ANNOTATION_PRICE = "kaito-gitops.io/price-per-hour"  # the preview's node pools, for the cap after a restart
@@ -162,31 +162,6 @@ class PreviewNamespaces:
         except ApiException as e:
             if e.status not in (404, 409):  # gone already; or another namespace now has the name
                 raise
-
-
-def http_options(api_client: client.ApiClient) -> dict:
-    """httpx.Client options that authenticate as the kubernetes client does (token, CA, client cert)."""
-    cfg = api_client.configuration
-    if cfg.refresh_api_key_hook is not None:  # exec plugins (kubelogin) renew short-lived tokens
-        cfg.refresh_api_key_hook(cfg)
-    headers = {
-        s["key"]: s["value"] for s in cfg.auth_settings().values() if s["in"] == "header" and s["value"]
-    }
-    if not cfg.verify_ssl:
-        return {"headers": headers, "verify": False}
-    context = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-    if cfg.cert_file:
-        context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
-    return {"headers": headers, "verify": context}
-
-
-def service_url(api_client: client.ApiClient, svc: dict, reach: str) -> str:
-    if reach != "proxy":
-        return endpoint(svc)
-    md = svc["metadata"]
-    port = ((svc.get("spec") or {}).get("ports") or [{}])[0].get("port", 80)
-    host = api_client.configuration.host.rstrip("/")
-    return f"{host}/api/v1/namespaces/{md['namespace']}/services/{md['name']}:{port}/proxy"
 
 
 class _Stage:

@@ -140,6 +140,12 @@ class RenderTarget:
     def missing(self, refs: list[Reference]) -> list[Reference]:
         return []  # nothing runs here: the cluster that applies these files has the last word
 
+    def serve_sets(self, sets: list) -> dict[tuple[str, str], str]:
+        return {}  # the rendered Services are the endpoints, wherever the files are applied
+
+    def set_load(self, s, members):
+        return None  # nothing runs here: no load, no scaling
+
     def close(self) -> None:
         return None
 

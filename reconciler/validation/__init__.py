@@ -153,13 +153,21 @@ def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_membe
     if s.name:
         if errors:
             rev.held_sets[s.key] = errors
-        object_docs.append((inferenceset.service_document(s, DEFAULT_PORT), {}))
+        object_docs.extend((d, {}) for d in inferenceset.service_documents(s, DEFAULT_PORT))
     for ws in members:
         set_members[id(ws)] = s
         rev.workspace_findings[id(ws)] = list(errors)
         ws_docs.append(ws)
     if members and (errors or s.replicas == 0):
         template_only.add(id(members[0]))
+
+
+def _hold_set(rev: Revision, s, findings: list[Finding]) -> None:
+    """A set whose template has an error runs nothing new: no member started, its Service kept."""
+    errors = [f for f in findings if f.is_error]
+    if errors and s is not None and s.name:
+        held = rev.held_sets.setdefault(s.key, [])
+        held.extend(f for f in errors if f not in held)
 
 
 def _members_share_errors(rev: Revision, set_members: dict) -> None:
@@ -390,6 +398,7 @@ def validate_sources(
             found += inferenceset.on_a_workspace(ws.document, ws.annotations)
         if id(ws) in template_only:  # replicas 0: the template is checked, nothing runs
             rev.file_findings.extend(found)
+            _hold_set(rev, s, found + rev.workspace_findings.get(id(ws), []))
             rev.workspace_findings.pop(id(ws), None)
             continue
         rev.workspaces.append(ws)
@@ -408,6 +417,9 @@ def validate_sources(
                         )
                     )
     _members_share_errors(rev, set_members)
+    for ws in rev.workspaces:  # nor may the autoscaler start more members of a set with an error
+        if id(ws) in set_members:
+            _hold_set(rev, set_members[id(ws)], rev.workspace_findings[id(ws)])
     _check_objects(rev, object_docs, policy or kinds.ObjectPolicy(), namespace)
     for held in rev.held_sets:  # its Service stays as it is while the set has an error
         rev.invalid_objects.add(("Service", *held))

@@ -1,0 +1,260 @@
+"""An InferenceSet's one endpoint: forwards each request to a ready member, and holds it while none is.
+
+Locally the daemon runs one per set, in-process, on the set's port (LocalTarget.serve_sets), with
+the ready members' endpoints as its upstreams. In a cluster it is a small CPU Deployment made from
+the daemon's image (`python -m reconciler.targets.activator --upstream http://<set>-members`)
+behind the set's Service, so the Service keeps answering while the GPU members are at zero.
+
+A request that finds no member is held, not refused: the daemon is told at once (locally) or sees
+`kaito_gitops_activator_held_requests` on the activator's /metrics (in a cluster), starts one, and
+every held request goes to it as soon as it answers. Only after `hold_timeout` is a request given
+503. A member being removed is drained first: no new request goes to it, and it is stopped only
+once those it has are answered. A connection that fails before anything was sent is tried on
+another member (or held again), so a member that dies or is stopped loses no request that had not
+reached it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+import structlog
+import uvicorn
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+log = structlog.get_logger("kaito_gitops.activator")
+
+HOLD_TIMEOUT = 600.0  # a GPU node and a model download can take minutes; a client that gives up first closes
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+HELD = "kaito_gitops_activator_held_requests"
+REQUESTS = "kaito_gitops_activator_requests_total"  # every request that came in (the autoscaler's "busy")
+
+
+class Activator:
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        upstreams: Callable[[], list[str]],
+        on_hold: Callable[[], None] = lambda: None,
+        hold_timeout: float = HOLD_TIMEOUT,
+    ):
+        self.name = name
+        self.upstreams = upstreams
+        self.on_hold = on_hold
+        self.hold_timeout = hold_timeout
+        self.held = 0  # requests waiting for a member
+        self.in_flight: dict[str, int] = {}  # upstream -> requests it is answering through us
+        self.draining: set[str] = set()
+        self.answered = 0
+        self.requests = 0  # every request that came in
+        self.refused = 0  # given 503 after hold_timeout
+        self._lock = threading.Lock()
+        self._registry = CollectorRegistry()
+        Gauge(HELD, "requests waiting for a ready member", registry=self._registry).set_function(
+            lambda: self.held
+        )
+        Gauge(
+            "kaito_gitops_activator_in_flight_requests",
+            "requests being answered by a member",
+            registry=self._registry,
+        ).set_function(lambda: sum(self.in_flight.values()))
+        self._registry.register(_Requests(self))
+        app = Starlette(
+            routes=[
+                Route("/metrics", self.metrics),
+                Route("/{path:path}", self.forward, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+            ]
+        )
+        self.config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name=f"activator-{name}", daemon=True)
+        self._client: httpx.AsyncClient | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> Activator:
+        if self.config.port:  # uvicorn reports a busy port only in its log
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((self.config.host, self.config.port))
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.server.started:
+            raise RuntimeError(f"the activator of {self.name} did not start on port {self.config.port}")
+        return self
+
+    @property
+    def port(self) -> int:
+        for s in self.server.servers:
+            for sock in s.sockets:
+                return sock.getsockname()[1]
+        return self.config.port
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    def drain(self, upstream: str, timeout: float = 60.0) -> bool:
+        """Send nothing more to `upstream`; True once it has no request of ours left (or after timeout)."""
+        with self._lock:
+            self.draining.add(upstream)
+        deadline = time.monotonic() + timeout
+        while self.in_flight.get(upstream, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            self.draining.discard(upstream)
+        return not self.in_flight.get(upstream, 0)
+
+    # -- requests ----------------------------------------------------------------------------
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self._registry), media_type="text/plain; version=0.0.4")
+
+    def _pick(self, tried: set[str]) -> str:
+        with self._lock:
+            ready = [u for u in self.upstreams() if u not in self.draining and u not in tried]
+            if not ready:
+                return ""
+            best = min(ready, key=lambda u: self.in_flight.get(u, 0))
+            self.in_flight[best] = self.in_flight.get(best, 0) + 1
+            return best
+
+    def _done(self, upstream: str) -> None:
+        with self._lock:
+            self.in_flight[upstream] -= 1
+            if not self.in_flight[upstream]:
+                del self.in_flight[upstream]
+
+    async def forward(self, request: Request) -> Response:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+        self.requests += 1
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        deadline = time.monotonic() + self.hold_timeout
+        holding, tried = False, set()
+        try:
+            while True:
+                upstream = self._pick(tried)
+                if upstream:
+                    try:
+                        req = self._client.build_request(
+                            request.method, upstream + path, headers=headers, content=body
+                        )
+                        resp = await self._client.send(req, stream=True)
+                    except (httpx.ConnectError, httpx.ConnectTimeout):
+                        self._done(upstream)  # nothing reached it: another member, or wait for one
+                        tried.add(upstream)
+                        continue
+                    except BaseException:
+                        self._done(upstream)
+                        raise
+                    self.answered += 1
+                    close = self._closer(resp, upstream)
+                    return StreamingResponse(
+                        self._relay(resp, close),
+                        status_code=resp.status_code,
+                        headers={k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP},
+                        background=BackgroundTask(close),
+                    )
+                if time.monotonic() > deadline:
+                    self.refused += 1
+                    return JSONResponse(
+                        {
+                            "error": {
+                                "message": f"no replica of {self.name} became ready within "
+                                f"{self.hold_timeout:g}s",
+                                "code": "cold_start_timeout",
+                            }
+                        },
+                        status_code=503,
+                        headers={"Retry-After": "30"},
+                    )
+                if not holding:
+                    holding = True
+                    self.held += 1
+                    self.on_hold()
+                tried.clear()  # a member that refused a connection may be up by the next look
+                await asyncio.sleep(0.2)
+        finally:
+            if holding:
+                self.held -= 1
+
+    def _closer(self, resp: httpx.Response, upstream: str):
+        """Closes the member's response and counts it answered, once: at the end of the body, or when
+        the client went away mid-stream (the background task does not run then)."""
+        closed = False
+
+        async def close() -> None:
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            try:
+                await resp.aclose()
+            finally:
+                self._done(upstream)
+
+        return close
+
+    @staticmethod
+    async def _relay(resp: httpx.Response, close):
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        finally:
+            await close()
+
+
+class _Requests:
+    """The request counter, read from the activator when scraped."""
+
+    def __init__(self, activator: Activator):
+        self.activator = activator
+
+    def collect(self):
+        family = CounterMetricFamily(REQUESTS.removesuffix("_total"), "requests that came in")
+        family.add_metric([], self.activator.requests)
+        yield family
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The activator as a cluster Deployment runs it: one upstream, the Service of the set's members."""
+    p = argparse.ArgumentParser(prog="python -m reconciler.targets.activator")
+    p.add_argument("--name", required=True, help="the InferenceSet")
+    p.add_argument("--upstream", required=True, help="the members' Service, e.g. http://phi-members")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--hold-timeout", type=float, default=HOLD_TIMEOUT)
+    a = p.parse_args(argv)
+    act = Activator(
+        a.name, host=a.host, port=a.port, upstreams=lambda: [a.upstream], hold_timeout=a.hold_timeout
+    )
+    act.server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
