@@ -31,6 +31,7 @@ from .planning import DesiredState, WorkspacePlan, plan_cache_key, plan_revision
 from .provisioners.base import Provisioner
 from .provisioners.none import byo_label_problem
 from .render.common import RenderSettings
+from .rollout import Rollout, roll
 from .source.git import GitSource, SourceError
 from .status import (
     Condition,
@@ -184,6 +185,14 @@ class Daemon:
         self._in_git: tuple[dict, set] = ({}, set())  # desired and present as git has them, before counts
         self._member_plans: dict = {}  # plans of members beyond spec.replicas, by plan_cache_key
         self.set_endpoints: dict[tuple[str, str], str] = {}  # each InferenceSet's one endpoint
+        # template rollouts across set members (rollout.py): what each member last had applied, what
+        # it runs this pass where the rollout has not reached it yet, and the rollouts under way
+        self._applied_plans: dict[WorkspaceKey, WorkspacePlan] = {}
+        self._pass_plans: dict[WorkspaceKey, WorkspacePlan] = {}
+        self.rollouts: dict[tuple[str, str], Rollout] = {}
+        # members written since they were last seen Ready: a status read right after an update may
+        # still be the old pods' (a StatefulSet's status lags its spec), so they do not count as ready
+        self._unsettled: set[WorkspaceKey] = set()
         if hasattr(target, "on_change"):  # targets that know at once when a workload changes
             target.on_change = self.poke
 
@@ -462,6 +471,7 @@ class Daemon:
         self.set_endpoints = self.target.serve_sets(self.validated.inference_sets if self.validated else [])
         self.provisioner.refresh()
         self._size_byo()
+        self._roll_sets()
         result = PassResult(rev, changed)
         self._reconcile_objects(result)  # before the workspaces: they may mount what these create
         live = self.target.live_workspaces()
@@ -590,6 +600,38 @@ class Daemon:
         for gone in set(self._byo_skus) - set(self.desired):
             del self._byo_skus[gone]
 
+    def _roll_sets(self) -> None:
+        """Members of a set whose template changed get it as the set's updateStrategy allows."""
+        plans, rollouts = {}, {}
+        by_set: dict[tuple[str, str], list] = {}
+        for key, plan in self.desired.items():
+            tail = key[1].rpartition("-")[2]
+            if plan.workspace.set_key is not None and tail.isdigit():
+                by_set.setdefault(plan.workspace.set_key, []).append((int(tail), key))
+        sets = {s.key: s for s in (self.validated.inference_sets if self.validated else [])}
+        for set_key, members in by_set.items():
+            if set_key not in sets:
+                continue
+            ready = {
+                k
+                for _, k in members
+                if (st := self.statuses.get(k)) is not None
+                and st.state == "Ready"
+                and k not in self._unsettled
+            }
+            r = roll(members, self.desired, self._applied_plans, ready, sets[set_key].update)
+            plans.update({k: p for k, p in r.plans.items() if p is not self.desired[k]})
+            if not r.done:
+                rollouts[set_key] = r
+                if r.waiting:
+                    log.info("rollout waiting", inferenceset=f"{set_key[0]}/{set_key[1]}", why=r.waiting)
+        self._pass_plans, self.rollouts = plans, rollouts
+
+    def _rolled_out(self, key: WorkspaceKey) -> bool:
+        """Every pod runs the current template (a cluster says so; a local process is replaced whole)."""
+        rolled_out = getattr(self.target, "rolled_out", None)
+        return rolled_out is None or rolled_out(key)
+
     def _only_ours(self, old: str, new: str) -> bool:
         try:
             paths = self.source.changed_paths(old, new)
@@ -611,11 +653,13 @@ class Daemon:
                     self._moved_out.pop(key, None)
                     self.statuses.pop(key, None)
                     self.applied_revision.pop(key, None)
+                    self._applied_plans.pop(key, None)
+                    self._unsettled.discard(key)
                     log.info("workspace removed", workspace=f"{key[0]}/{key[1]}")
                 else:
                     self._removing.add(key)  # keep coming back until the nodes are gone too
                 return res.writes, gone and released
-            plan = self.desired[key]
+            plan = self._pass_plans.get(key) or self.desired[key]  # a set's rollout may hold it back
             waiting = self.objects.waiting_for(plan, self.target, self.validated)
             if waiting:  # no nodes, no pods until what it mounts exists (not a crash loop)
                 log.info("waiting", workspace=f"{key[0]}/{key[1]}", reason=waiting)
@@ -628,6 +672,7 @@ class Daemon:
             writes = 0
             if resource.ready:
                 res = self.target.apply(plan)
+                self._applied_plans[key] = plan
                 writes = res.writes
                 self.metrics.applies.inc(len(res.applied))
                 if res.writes:
@@ -635,6 +680,10 @@ class Daemon:
                 self.applied_revision.setdefault(key, self.revision)
             obs = self.target.observe(key, plan)
             self._record(key, obs, resource)
+            if writes:
+                self._unsettled.add(key)
+            elif self.statuses[key].state == "Ready" and self._rolled_out(key):
+                self._unsettled.discard(key)
             self.metrics.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - t0)
             return writes, False
         except Exception:

@@ -18,11 +18,12 @@ Autoscaling bounds are annotations on the set (docs/inferenceset.md); they defau
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import __version__
 from .findings import Finding, Severity
 from .loading import Document, Positions
+from .rollout import Strategy, strategy
 from .workspace import SET_LABELS
 
 KIND = "InferenceSet"
@@ -67,6 +68,9 @@ class InferenceSet:
     node_count_limit: int  # 0: no limit
     scaling: Scaling
     document: Document
+    update: Strategy = field(
+        default_factory=Strategy
+    )  # spec.updateStrategy: how a template change rolls across members
 
     @property
     def key(self) -> tuple[str, str]:
@@ -100,6 +104,7 @@ def read(doc: Document, default_namespace: str) -> tuple[InferenceSet, list[Find
         node_count_limit=_int(spec.get("nodeCountLimit"), 0),
         scaling=scaling,
         document=doc,
+        update=strategy(spec),
     )
     return s, findings + _kaito_rules(doc, spec) + _names(s, md)
 

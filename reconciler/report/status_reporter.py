@@ -53,6 +53,7 @@ class StatusReporter:
             sets,
             getattr(daemon, "scaling", None),
             getattr(daemon, "set_endpoints", None),
+            getattr(daemon, "rollouts", None),
         )
         if files == self._last_written:
             return  # nothing changed since the last commit: no work, no commit

@@ -185,7 +185,9 @@ def text_table(rows: list[list[str]]) -> str:
     )
 
 
-def set_document(s, by_key: dict, scaling: dict | None = None, endpoints: dict | None = None) -> dict:
+def set_document(
+    s, by_key: dict, scaling: dict | None = None, endpoints: dict | None = None, rollouts: dict | None = None
+) -> dict:
     """An InferenceSet's status: its members as the reports see them, its bounds, its endpoint, and
     (autoscaled) the last scale event, the last cold start and the GPU-hours saved."""
     count = max(s.replicas, s.scaling.max_replicas)
@@ -204,6 +206,9 @@ def set_document(s, by_key: dict, scaling: dict | None = None, endpoints: dict |
     }
     if (endpoints or {}).get(s.key):
         doc["endpoint"] = endpoints[s.key]
+    r = (rollouts or {}).get(s.key)
+    if r is not None:  # a template change on its way across the members (rollout.py)
+        doc["rollout"] = {"updated": r.updated, "of": r.total, "waiting": r.waiting}
     st = (scaling or {}).get(s.key)
     if not s.scaling.fixed and st is not None:
         ev = st.last_event
@@ -269,7 +274,13 @@ def set_lines(docs: list[dict]) -> list[str]:
 
 
 def status_files(
-    reports: list[WorkspaceReport], revision: str, objects=(), sets=(), scaling=None, endpoints=None
+    reports: list[WorkspaceReport],
+    revision: str,
+    objects=(),
+    sets=(),
+    scaling=None,
+    endpoints=None,
+    rollouts=None,
 ) -> dict[str, str]:
     """Every file the status tree should hold, by path relative to the status root."""
     reports = sorted(reports, key=lambda r: r.key)
@@ -281,7 +292,7 @@ def status_files(
         path = status_path(s.key)
         if path in files:
             continue  # a workspace of that name (an error in both files): its status stays its own
-        d = set_document(s, by_key, scaling, endpoints)
+        d = set_document(s, by_key, scaling, endpoints, rollouts)
         set_docs.append(d)
         files[path] = dump(d)
     files["STATUS.md"] = status_markdown(reports, docs, revision, objects, set_docs)
