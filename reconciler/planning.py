@@ -106,6 +106,9 @@ class DesiredState:
     plans: dict[WorkspaceKey, WorkspacePlan] = field(default_factory=dict)
     objects: dict[ObjectKey, ObjectPlan] = field(default_factory=dict)  # the companions, in apply order
     sets: dict = field(default_factory=dict)  # (ns, name) -> inferenceset.InferenceSet; members are in plans
+    # a set with no replica in git (replicas 0, scaled up on demand): one member's plan, not applied,
+    # so plans and comments can show its hardware and its cost at max
+    set_templates: dict = field(default_factory=dict)
 
     @property
     def gpus(self) -> int:
@@ -263,6 +266,18 @@ def plan_revision(
                 ws, catalog=catalog, configmaps=rev.configmaps, settings=settings, byo_sku=byo_sku
             )
         state.plans[key] = used[ckey] = plan
+    for s in rev.inference_sets:
+        if s.name and s.replicas == 0 and s.key not in rev.held_sets:
+            from .inferenceset import member_document
+
+            ws = replace(Workspace.read(member_document(s, 0), s.namespace), set_name=s.name)
+            state.set_templates[s.key] = plan_workspace(
+                ws,
+                catalog=catalog,
+                configmaps=rev.configmaps,
+                settings=settings,
+                byo_sku=(byo or {}).get(ws.key),
+            )
     if cache is not None:
         cache.clear()
         cache.update(used)

@@ -151,14 +151,20 @@ class SetChange:
     members: list[WorkspaceChange]
     min_replicas: int | None = None  # the set's autoscaling bounds, when it has any
     max_replicas: int | None = None
+    template: WorkspacePlan | None = None  # one member's plan, for a set with no replica in git
+    new: bool = False  # (no replica in git) the set is not in the base
 
     @property
     def action(self) -> str:
+        if not self.members:
+            return "add" if self.new else "unchanged"
         acts = {c.action for c in self.members}
         return acts.pop() if len(acts) == 1 else "change"
 
     @property
     def plan(self) -> WorkspacePlan:
+        if not self.members:
+            return self.template
         c = self.members[0]
         return c.after or c.before
 
@@ -197,6 +203,8 @@ class SetChange:
             return int(tail) if tail.isdigit() else -1
 
         names = [f"{SIGN[c.action]} {c.key[1]}" for c in sorted(self.members, key=index)]
+        if not names:
+            return "none until scaled up (replicas 0)"
         if len(names) > most:
             names = [*names[: most - 2], f"... {len(names) - most + 1} more", names[-1]]
         return ", ".join(names)
@@ -220,6 +228,13 @@ def grouped(diff: PlanDiff, show_unchanged: bool = False) -> list[WorkspaceChang
             sets[key] = SetChange(key, [], *bounds)
             out.append(sets[key])
         sets[key].members.append(c)
+    for key, template in sorted(diff.after.set_templates.items()):
+        if key in sets:
+            continue
+        s = diff.after.sets[key]
+        new = key not in diff.before.sets
+        if new or show_unchanged:
+            out.append(SetChange(key, [], s.scaling.min_replicas, s.scaling.max_replicas, template, new))
     return out
 
 

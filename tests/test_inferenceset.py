@@ -384,3 +384,50 @@ def test_replicas_outside_the_bounds_and_a_set_service_held_while_the_set_is_wro
         "spec.replicas",
     ) and "outside the scaling bounds 0-1" in f.message
     assert ("Service", "llm", "phi") in rev.invalid_objects and set(rev.held_sets) == {("llm", "phi")}
+
+
+def test_a_set_that_scales_to_zero_gets_an_activator_and_a_members_service(validate):
+    rev = validate({"sets/phi.yaml": annotated(min_replicas=0, max_replicas=3)})
+    state = plan_revision(rev)
+    assert {k for k in state.objects if k[2].startswith("phi")} == {
+        ("Service", "llm", "phi"),
+        ("Service", "llm", "phi-members"),
+        ("Deployment.apps", "llm", "phi-activator"),
+    }
+    fixed = plan_revision(validate({"sets/phi.yaml": annotated(min_replicas=1, max_replicas=3)}))
+    assert [k for k in fixed.objects if k[2].startswith("phi")] == [("Service", "llm", "phi")]
+
+
+def test_a_set_with_no_replica_in_git_is_planned_from_its_template_with_its_cost_at_max(validate):
+    from reconciler import planview
+    from reconciler.plandiff import diff_states
+
+    rev = validate(
+        {"sets/phi.yaml": annotated(min_replicas=0, max_replicas=3).replace("replicas: 2", "replicas: 0")}
+    )
+    state = plan_revision(rev)
+    assert state.plans == {} and ("llm", "phi") in state.set_templates, "nothing runs; the template is sized"
+    text = planview.text(diff_states(None, state))
+    assert "+ llm/phi  InferenceSet, 0 replica(s), scales 0-3  (sets/phi.yaml)" in text, text
+    assert "members: none until scaled up (replicas 0)" in text
+    assert "cost: $0.00/h for 0; $0.00/h at min 0, $11.02/h at max 3" in text, text
+    again = planview.text(diff_states(state, state))
+    assert "llm/phi" not in again, "an unchanged set is not in the plan"
+
+
+def test_members_the_autoscaler_may_add_must_not_be_named_like_a_workspace(validate):
+    from support.workspaces import smol_ws
+
+    set_yaml = annotated(min_replicas=1, max_replicas=3).replace("namespace: llm", "namespace: default")
+    rev = validate({"s.yaml": set_yaml, "w.yaml": smol_ws("phi-2")})
+    found = {(f.path, f.rule) for f in rev.findings if f.is_error}
+    assert found == {("s.yaml", "workspace-duplicate"), ("w.yaml", "workspace-duplicate")}, found
+    assert ("default", "phi") in rev.held_sets, "the autoscaler adds nothing to it"
+
+
+def test_a_template_error_in_a_set_with_no_replica_holds_it(validate):
+    bad = annotated(min_replicas=0, max_replicas=3).replace("replicas: 2", "replicas: 0")
+    rev = validate({"s.yaml": bad.replace("phi-4-mini-instruct", "phi-4-mini-instruc")})
+    assert ("llm", "phi") in rev.held_sets and rev.held_sets[("llm", "phi")][0].field == (
+        "spec.template.inference.preset.name"
+    )

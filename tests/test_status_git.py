@@ -237,3 +237,31 @@ def test_status_writes_while_the_daemon_reads_revisions_never_mix_up_git_answers
     assert not t.is_alive(), "the status writer hung reading git"
     assert not failures, failures
     assert loads > 0
+
+
+def test_scale_events_are_committed_at_most_once_a_gap_and_other_changes_at_once(git_remote, tmp_path):
+    import time
+
+    from support.wait import wait_until
+    from test_inferenceset import annotated
+
+    set_yaml = annotated(min_replicas=1, max_replicas=3).replace("namespace: llm", "namespace: default")
+    git_remote.write({"workspaces/phi.yaml": set_yaml.replace("replicas: 2", "replicas: 1")})
+    d, reporter = daemon_with_status(git_remote, tmp_path)
+    reporter.scaling_gap = 3.0
+    d.run_pass()
+    reporter.flush()
+    before = len(branch_log(git_remote, "kaito-status"))
+    for n in (2, 3):  # two scale events in quick succession: one commit, with the newest
+        d.scale(("default", "phi"), n)
+        d.run_pass()
+    time.sleep(0.5)
+    assert len(branch_log(git_remote, "kaito-status")) == before, "a scale event waits for the gap"
+    wait_until(lambda: len(branch_log(git_remote, "kaito-status")) == before + 1, 10, "the deferred commit")
+    status = file_at(git_remote, "kaito-status", "status/default/phi.yaml")
+    assert "replicas: 3" in status and file_at(git_remote, "kaito-status", "status/default/phi-2.yaml")
+    # a change of git's own is written at once, gap or not
+    git_remote.write({"workspaces/a.yaml": smol_ws("a")}, "another workspace")
+    d.run_pass()
+    wait_until(lambda: file_at(git_remote, "kaito-status", "status/default/a.yaml"), 2, "the new workspace")
+    reporter.close()

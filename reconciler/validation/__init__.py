@@ -162,6 +162,34 @@ def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_membe
         template_only.add(id(members[0]))
 
 
+def _scaled_names(rev: Revision) -> None:
+    """The members an autoscaler may add (`<set>-<index>` up to max-replicas) must not be named like
+    a Workspace: both would be the same StatefulSet."""
+    workspaces = {ws.key: ws for ws in rev.workspaces if ws.name and not ws.set_name}
+    for s in rev.inference_sets:
+        for i in range(s.replicas, s.scaling.max_replicas if s.name else 0):
+            ws = workspaces.get((s.namespace, s.member_name(i)))
+            if ws is None:
+                continue
+            line, _ = ws.document.positions.value(("metadata", "name"))
+            f = s.document.finding(
+                ("metadata", "name"),
+                "workspace-duplicate",
+                f"scaling up to {s.scaling.max_replicas} makes member {s.member_name(i)}, the name of the "
+                f"workspace in {ws.path}:{line}",
+            )
+            rev.file_findings.append(f)
+            _hold_set(rev, s, [f])
+            rev.workspace_findings[id(ws)].append(
+                ws.document.finding(
+                    ("metadata", "name"),
+                    "workspace-duplicate",
+                    f"InferenceSet {s.namespace}/{s.name} in {s.path} makes a member of this name when it "
+                    f"scales up to {s.scaling.max_replicas}",
+                )
+            )
+
+
 def _hold_set(rev: Revision, s, findings: list[Finding]) -> None:
     """A set whose template has an error runs nothing new: no member started, its Service kept."""
     errors = [f for f in findings if f.is_error]
@@ -417,6 +445,7 @@ def validate_sources(
                         )
                     )
     _members_share_errors(rev, set_members)
+    _scaled_names(rev)
     for ws in rev.workspaces:  # nor may the autoscaler start more members of a set with an error
         if id(ws) in set_members:
             _hold_set(rev, set_members[id(ws)], rev.workspace_findings[id(ws)])
