@@ -27,6 +27,7 @@ class Load:
     ready: int = 0  # members that answered
     requests: float = 0.0  # the activator's count of requests that came in, ever (-> `arrived`)
     arrived: float = 0.0  # requests that came in since the last look: short ones are never seen in flight
+    unread: int = 0  # ready members (or the activator) whose /metrics did not answer: load unknown
 
     @property
     def in_flight(self) -> float:
@@ -53,6 +54,7 @@ class SetScale:
     cold_since: float | None = None  # monotonic time a request first waited at zero
     requests_seen: float | None = None  # the activator's request count at the last look
     watched_since: float | None = None  # first look: no scaling down before a whole window is seen
+    unread: int = 0  # members whose load could not be read at the last look
 
 
 def wanted(scaling: Scaling, load: Load) -> int:
@@ -79,7 +81,8 @@ def decide(scaling: Scaling, state: SetScale, load: Load, now: float) -> tuple[i
             else f"{load.in_flight:g} request(s) waiting with no replica running"
         )
     peak = max(w for _, w in state.window)
-    if peak < current and now - state.watched_since >= scaling.scale_down_after:
+    # never down on a figure that is missing a member's load: a busy server answers /metrics slowest
+    if peak < current and now - state.watched_since >= scaling.scale_down_after and not load.unread:
         window = _seconds(scaling.scale_down_after)
         if peak == 0:
             return 0, f"no request for {window}"

@@ -19,7 +19,7 @@ from .loading import Document
 from .planning import DesiredState, WorkspacePlan
 from .validation import Revision, WorkspaceKey
 
-__all__ = ["Budgets", "Cap", "check", "from_revision", "hold", "usage_lines"]
+__all__ = ["Budgets", "Cap", "check", "crossed_by", "from_revision", "hold", "usage_lines"]
 HOURS_PER_MONTH = 730  # Azure's pricing calculator month
 
 
@@ -89,6 +89,23 @@ def _use(plan: WorkspacePlan | None) -> tuple[int, float]:
     if plan is None:
         return 0, 0.0
     return plan.gpus, plan.price_per_hour or 0.0
+
+
+def crossed_by(budgets: Budgets | None, plans: dict[WorkspaceKey, WorkspacePlan], extra: WorkspacePlan):
+    """The first cap that `extra` (a member the autoscaler would add) takes over, beside `plans`."""
+    for cap in budgets.caps if budgets else ():
+        if not cap.covers(extra.key):
+            continue
+        gpus, price = _use(extra)
+        for key, plan in plans.items():
+            if cap.covers(key):
+                g, p = _use(plan)
+                gpus, price = gpus + g, price + p
+        if (cap.gpus is not None and gpus > cap.gpus) or (
+            cap.price_per_hour is not None and price > cap.price_per_hour + 1e-9
+        ):
+            return cap
+    return None
 
 
 def _money(v: float) -> str:

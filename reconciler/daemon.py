@@ -184,6 +184,8 @@ class Daemon:
         self.scaling: dict[tuple[str, str], SetScale] = {}  # the autoscaler's state, shown in status
         self._in_git: tuple[dict, set] = ({}, set())  # desired and present as git has them, before counts
         self._member_plans: dict = {}  # plans of members beyond spec.replicas, by plan_cache_key
+        self._set_max: dict[tuple[str, str], int] = {}  # each autoscaled set's max-replicas
+        self._budget_stops: dict[tuple[str, str], int] = {}  # sets a budget keeps below their count
         self.set_endpoints: dict[tuple[str, str], str] = {}  # each InferenceSet's one endpoint
         # template rollouts across set members (rollout.py): what each member last had applied, what
         # it runs this pass where the rollout has not reached it yet, and the rollouts under way
@@ -300,14 +302,20 @@ class Daemon:
         return autoscaled(self.validated) if self.validated is not None else []
 
     def _apply_asked_counts(self) -> None:
+        if self.validated is None:
+            return
+        scalable = {s.key for s in self.autoscaled()}  # a held set keeps its count until it is fixed
         with self._counts_lock:
             asked, self._asked_counts = self._asked_counts, {}
-        asked = {k: n for k, n in asked.items() if self.set_counts.get(k, n) != n and k in self.set_counts}
-        if not asked or self.validated is None:
+            asked = {k: n for k, n in asked.items() if k in scalable and self.set_counts.get(k) != n}
+            self.set_counts.update(asked)
+        if not asked:
             return
-        self.set_counts.update(asked)
         old = self.desired
         self.desired, self.present = self._with_counts(self.validated, self.revision, *self._in_git)
+        for key, plan in self.desired.items():  # members added are good: an error later holds them
+            if key not in old and plan.workspace.set_name:
+                self.last_good[key] = plan
         for key, plan in old.items():
             if key not in self.desired:
                 self._backoff.pop(key, None)
@@ -316,25 +324,55 @@ class Daemon:
     def _with_counts(self, validated, rev: str, desired: dict, present: set, fresh: bool = False):
         """Desired and present workspaces with each autoscaled set at its count: git plans
         spec.replicas members; the members below it that the count leaves out are not run, and
-        those above it are made from the template as Kaito's controller would."""
+        those above it are made from the template as Kaito's controller would, within the budgets.
+        A set with an error keeps the members it runs now, at their last good version."""
         desired, present = dict(desired), set(present)
         sets = {s.key: s for s in autoscaled(validated)}
-        for key in [k for k in self.set_counts if k not in sets]:
+        held = {
+            s.key: s
+            for s in validated.inference_sets
+            if s.key in validated.held_sets and s.key in self.set_counts
+        }
+        for key in [k for k in self.set_counts if k not in sets and k not in held]:
             del self.set_counts[key]
+            self._set_max.pop(key, None)
+        for key in held:
+            running = {k: p for k, p in self.desired.items() if p.workspace.set_key == key}
+            for k in [k for k, p in desired.items() if p.workspace.set_key == key and k not in running]:
+                desired.pop(k)
+                present.discard(k)
+            desired.update(running)
+            present.update(running)
+        caps = budgets.from_revision(validated)
         used: dict = {}
         for key, s in sets.items():
             lo, hi = s.scaling.min_replicas, s.scaling.max_replicas
             count = self.set_counts[key] = min(hi, max(lo, self.set_counts.get(key, s.replicas)))
+            self._set_max[key] = hi
             for i in range(count, s.replicas):
                 k = (s.namespace, s.member_name(i))
                 desired.pop(k, None)
                 present.discard(k)
             for i in range(s.replicas, count):
                 k = (s.namespace, s.member_name(i))
-                if k in desired:  # a Workspace of that name: validation says so; never replace it
-                    continue
-                desired[k] = self._member_plan(validated, rev, s, i, used)
+                plan = self._member_plan(validated, rev, s, i, used)
+                cap = budgets.crossed_by(caps, desired, plan)
+                if cap is not None:  # scaling stops where a budget would be crossed
+                    self.set_counts[key] = i
+                    if self._budget_stops.get(key) != i:
+                        log.warning(
+                            "scaling stops at a budget",
+                            inferenceset=f"{key[0]}/{key[1]}",
+                            replicas=i,
+                            wanted=count,
+                            budget=f"{cap.label} ({cap.where})",
+                        )
+                    self._budget_stops[key] = i
+                    break
+                desired[k] = plan
                 present.add(k)
+            else:
+                self._budget_stops.pop(key, None)
         if fresh:
             self._member_plans = used
         else:
@@ -364,13 +402,14 @@ class Daemon:
                 return plan.gpus
         if self.validated is None:
             return 0
-        return self._member_plan(self.validated, self.revision, s, 0, {}).gpus
+        return self._member_plan(self.validated, self.revision, s, 0, self._member_plans).gpus  # cached
 
     def beyond_count(self, key: WorkspaceKey) -> bool:
         """A member the autoscaler scaled away: removing it is deliberate, never an accident."""
         for (ns, name), count in self.set_counts.items():
             tail = key[1][len(name) + 1 :]
-            if key[0] == ns and key[1].startswith(name + "-") and tail.isdigit() and int(tail) >= count:
+            member = key[0] == ns and key[1].startswith(name + "-") and tail.isdigit()
+            if member and count <= int(tail) < self._set_max.get((ns, name), 0):
                 return True
         return False
 
@@ -672,7 +711,8 @@ class Daemon:
             writes = 0
             if resource.ready:
                 res = self.target.apply(plan)
-                self._applied_plans[key] = plan
+                if not res.pending:
+                    self._applied_plans[key] = plan
                 writes = res.writes
                 self.metrics.applies.inc(len(res.applied))
                 if res.writes:

@@ -152,12 +152,12 @@ class SetChange:
     min_replicas: int | None = None  # the set's autoscaling bounds, when it has any
     max_replicas: int | None = None
     template: WorkspacePlan | None = None  # one member's plan, for a set with no replica in git
-    new: bool = False  # (no replica in git) the set is not in the base
+    template_action: str = "unchanged"  # (no replica in git) add, change or unchanged against the base
 
     @property
     def action(self) -> str:
         if not self.members:
-            return "add" if self.new else "unchanged"
+            return self.template_action
         acts = {c.action for c in self.members}
         return acts.pop() if len(acts) == 1 else "change"
 
@@ -232,9 +232,12 @@ def grouped(diff: PlanDiff, show_unchanged: bool = False) -> list[WorkspaceChang
         if key in sets:
             continue
         s = diff.after.sets[key]
-        new = key not in diff.before.sets
-        if new or show_unchanged:
-            out.append(SetChange(key, [], s.scaling.min_replicas, s.scaling.max_replicas, template, new))
+        before = diff.before.set_templates.get(key)
+        action = "add" if key not in diff.before.sets else "unchanged"
+        if before is not None and before.objects != template.objects:
+            action = "change"  # what a member would run when it scales up (hardware, price, model)
+        if action != "unchanged" or show_unchanged:
+            out.append(SetChange(key, [], s.scaling.min_replicas, s.scaling.max_replicas, template, action))
     return out
 
 

@@ -94,6 +94,13 @@ class Scaler:
                 state.cold_start_seconds
             )
             log.info("cold start", inferenceset=f"{ns}/{name}", seconds=state.cold_start_seconds)
+        if load.unread and not state.unread:
+            log.warning(
+                "cannot read the load of every member: not scaling down",
+                inferenceset=f"{ns}/{name}",
+                unread=load.unread,
+            )
+        state.unread = load.unread
         new, why = decide(s.scaling, state, load, now)
         d.metrics.gpu_hours_saved.labels(namespace=ns, inferenceset=name).set(state.gpu_seconds_saved / 3600)
         d.metrics.set_replicas.labels(namespace=ns, inferenceset=name).set(new)

@@ -54,6 +54,13 @@ def test_up_is_at_once_and_down_waits_for_the_whole_window_at_the_window_peak():
     assert decide(ZERO_TO_THREE, state, Load(), 111.0) == (0, "no request for 1m0s")
 
 
+def test_no_scaling_down_while_a_member_load_cannot_be_read():
+    state = SetScale(count=2)
+    assert decide(ZERO_TO_THREE, state, Load(unread=1), 0.0) == (2, "")
+    assert decide(ZERO_TO_THREE, state, Load(unread=1), 100.0) == (2, "")
+    assert decide(ZERO_TO_THREE, state, Load(), 101.0)[0] == 0
+
+
 def test_a_count_outside_new_bounds_is_brought_inside_them_and_nothing_scales_down_before_a_window():
     state = SetScale(count=5)
     assert decide(Scaling(1, 3, 2, 60), state, Load(), 0.0) == (3, "bounds are 1-3")
@@ -189,9 +196,15 @@ def test_streams_pass_through_and_a_drained_member_finishes_first():
             deadline = time.monotonic() + 5
             while not act.in_flight and time.monotonic() < deadline:
                 time.sleep(0.01)
-            t0 = time.monotonic()
-            assert act.drain(url, timeout=5), "drained once its request is answered"
-            assert time.monotonic() - t0 > 0.2 and slow.result().status_code == 200
+            assert not act.drain(url), "a request is in flight: not drained yet"
+            with ThreadPoolExecutor(1) as other:  # nothing new goes to a member that drains
+                held = other.submit(httpx.post, f"{act.endpoint}/x", content="new", timeout=10)
+                assert act.drained(url, timeout=5), "drained once its request is answered"
+                assert slow.result().status_code == 200
+                time.sleep(0.3)
+                assert not held.done() and act.held == 1, "the new request waits for another member"
+                act.forget(url)
+                assert held.result().status_code == 200
         with httpx.stream("POST", f"{act.endpoint}/stream", timeout=10) as r:
             chunks = [c for c in r.iter_text() if c]
         assert "".join(chunks) == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
@@ -206,7 +219,7 @@ def test_load_is_read_from_the_members_and_the_activator_metrics():
         httpx.Client() as http,
     ):
         load = read_load(http, [a, b, "http://127.0.0.1:9"], act.endpoint)
-    assert load == Load(running=5, queued=1, held=0, ready=2, requests=0)
+    assert load == Load(running=5, queued=1, held=0, ready=2, requests=0, unread=1)
 
 
 @pytest.mark.parametrize("text", ["not metrics {", ""])
@@ -214,4 +227,33 @@ def test_a_member_with_unreadable_metrics_is_not_counted(text, httpserver):
     httpserver.expect_request("/metrics").respond_with_data(text)
     with httpx.Client() as http:
         load = read_load(http, [httpserver.url_for("/")])
-    assert load.ready == (1 if text == "" else 0)
+    assert (load.ready, load.unread) == ((1, 0) if text == "" else (0, 1))
+
+
+def test_a_client_that_leaves_early_is_not_counted_in_flight_nor_held():
+    with member("phi-0", delay=1.0) as (_, url):
+        ups = [url]
+        with activator(ups) as act:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{act.endpoint}/x", content="q", timeout=0.2)  # leaves before the headers
+            deadline = time.monotonic() + 5
+            while act.in_flight and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert act.in_flight == {}, "the member's answer is closed and not counted"
+            ups.clear()  # no member: a held client that leaves is let go
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{act.endpoint}/x", content="q", timeout=0.5)
+            while act.held and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
+            assert act.held == 0
+
+
+def test_bodies_over_the_cap_are_refused_and_health_is_answered_without_waking_the_set():
+    with activator([]) as act:
+        r = httpx.post(
+            f"{act.endpoint}/v1/chat/completions", content=b"x" * (4 * 1024 * 1024 + 1), timeout=10
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+        h = httpx.get(f"{act.endpoint}/health", timeout=5)
+        assert h.status_code == 200 and h.json() == {"status": "ok", "ready_members": 0}
+        assert act.requests == 0 and not act.holds, "neither counts as a request"

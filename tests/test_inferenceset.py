@@ -413,6 +413,16 @@ def test_a_set_with_no_replica_in_git_is_planned_from_its_template_with_its_cost
     assert "cost: $0.00/h for 0; $0.00/h at min 0, $11.02/h at max 3" in text, text
     again = planview.text(diff_states(state, state))
     assert "llm/phi" not in again, "an unchanged set is not in the plan"
+    base = plan_revision(rev)
+    a100x2 = validate(
+        {
+            "sets/phi.yaml": annotated(min_replicas=0, max_replicas=3)
+            .replace("replicas: 2", "replicas: 0")
+            .replace("Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4")
+        }
+    )
+    changed = planview.text(diff_states(base, plan_revision(a100x2)))
+    assert "~ llm/phi  InferenceSet, 0 replica(s), scales 0-3" in changed, changed
 
 
 def test_members_the_autoscaler_may_add_must_not_be_named_like_a_workspace(validate):
@@ -431,3 +441,60 @@ def test_a_template_error_in_a_set_with_no_replica_holds_it(validate):
     assert ("llm", "phi") in rev.held_sets and rev.held_sets[("llm", "phi")][0].field == (
         "spec.template.inference.preset.name"
     )
+
+
+def _render_daemon(remote, tmp_path):
+    from reconciler.daemon import Daemon, DaemonSettings
+    from reconciler.provisioners.none import NoneProvisioner
+    from reconciler.source.git import GitSource
+    from reconciler.targets.render import RenderTarget
+
+    return Daemon(
+        GitSource(remote.url, "main", tmp_path / "cache"),
+        RenderTarget(tmp_path / "out"),
+        NoneProvisioner(),
+        DaemonSettings(paths=["workspaces"], target_name="render", workers=2),
+    )
+
+
+AUTOSCALED = annotated(min_replicas=0, max_replicas=3).replace("namespace: llm", "namespace: default")
+
+
+def members_of(d) -> list[str]:
+    return sorted(k[1] for k in d.desired if k[1].startswith("phi-"))
+
+
+def test_the_autoscaler_stops_where_a_budget_would_be_crossed(git_remote, tmp_path):
+    # one member is an A100 at $3.67/h: a $8/h cap holds two
+    budget = "budgets:\n  total:\n    pricePerHour: 8\n"
+    git_remote.write(
+        {
+            ".kaito-gitops.yaml": budget,
+            "workspaces/phi.yaml": AUTOSCALED.replace("replicas: 2", "replicas: 1"),
+        }
+    )
+    d = _render_daemon(git_remote, tmp_path)
+    d.run_pass()
+    d.scale(("default", "phi"), 3)
+    d.run_pass()
+    assert members_of(d) == ["phi-0", "phi-1"] and d.set_counts[("default", "phi")] == 2
+
+
+def test_a_set_with_an_error_keeps_the_members_the_autoscaler_runs_now(git_remote, tmp_path):
+    git_remote.write({"workspaces/phi.yaml": AUTOSCALED.replace("replicas: 2", "replicas: 1")})
+    d = _render_daemon(git_remote, tmp_path)
+    d.run_pass()
+    d.scale(("default", "phi"), 3)
+    d.run_pass()
+    assert members_of(d) == ["phi-0", "phi-1", "phi-2"]
+    git_remote.write(
+        {"workspaces/phi.yaml": AUTOSCALED.replace("phi-4-mini-instruct", "phi-4-mini-instruc")}, "typo"
+    )
+    d.run_pass()
+    assert members_of(d) == ["phi-0", "phi-1", "phi-2"], "neither back to replicas in git nor pruned"
+    d.scale(("default", "phi"), 0)  # the autoscaler leaves a held set alone; a stray ask changes nothing
+    d.run_pass()
+    assert members_of(d) == ["phi-0", "phi-1", "phi-2"]
+    git_remote.write({"workspaces/phi.yaml": AUTOSCALED.replace("replicas: 2", "replicas: 1")}, "fixed")
+    d.run_pass()
+    assert members_of(d) == ["phi-0", "phi-1", "phi-2"], "the count carries on from where it was"

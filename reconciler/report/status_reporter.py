@@ -41,7 +41,14 @@ class StatusReporter:
     def on_pass(self, daemon, result) -> None:
         reports = result.reports
         objects = getattr(result, "objects", [])
-        seen = (daemon.revision, reports, objects, id(getattr(daemon, "validated", None)))
+        scaling = tuple(  # the autoscaler's figures change between passes that change no report
+            (k, st.last_event, st.cold_start_seconds, round(st.gpu_seconds_saved / 360))
+            for k, st in sorted((getattr(daemon, "scaling", None) or {}).items())
+        )
+        rollouts = tuple(
+            (k, r.updated, r.waiting) for k, r in sorted((getattr(daemon, "rollouts", None) or {}).items())
+        )
+        seen = (daemon.revision, reports, objects, id(getattr(daemon, "validated", None)), scaling, rollouts)
         if seen == self._last_seen and self.last_error == "":
             return  # the usual pass: nothing to report changed, so nothing to serialise
         self._last_seen = seen
@@ -56,6 +63,8 @@ class StatusReporter:
             getattr(daemon, "rollouts", None),
         )
         if files == self._last_written:
+            with self._cond:
+                self._pending = None  # back to what git has: an older deferred snapshot must not land
             return  # nothing changed since the last commit: no work, no commit
         changes = _summary(self._last_written or {}, files)
         message = f"kaito-gitops: status at {daemon.revision[:12]}" + (f"\n\n{changes}" if changes else "")

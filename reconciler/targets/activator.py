@@ -29,7 +29,6 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -38,6 +37,9 @@ log = structlog.get_logger("kaito_gitops.activator")
 
 HOLD_TIMEOUT = 600.0  # a GPU node and a model download can take minutes; a client that gives up first closes
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
+DRAIN_MAX = 60.0  # a member being stopped finishes its requests for at most this long
+MAX_BODY = 4 * 1024 * 1024  # as the model servers' own cap
+MAX_HELD = 1000  # beyond it a request is refused at once: held requests are memory, and users waiting
 HELD = "kaito_gitops_activator_held_requests"
 REQUESTS = "kaito_gitops_activator_requests_total"  # every request that came in (the autoscaler's "busy")
 
@@ -77,6 +79,7 @@ class Activator:
         app = Starlette(
             routes=[
                 Route("/metrics", self.metrics),
+                Route("/health", self.health),
                 Route("/{path:path}", self.forward, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
             ]
         )
@@ -116,18 +119,29 @@ class Activator:
         self.server.should_exit = True
         self.thread.join(timeout=10)
 
-    def drain(self, upstream: str, timeout: float = 60.0) -> bool:
-        """Send nothing more to `upstream`; True once it has no request of ours left (or after timeout)."""
+    def drain(self, upstream: str) -> bool:
+        """Send nothing more to `upstream`; True once it has no request of ours left."""
         with self._lock:
             self.draining.add(upstream)
+            return not self.in_flight.get(upstream, 0)
+
+    def drained(self, upstream: str, timeout: float = DRAIN_MAX) -> bool:
+        """Wait (up to `timeout`) until `upstream` has answered every request we sent it."""
         deadline = time.monotonic() + timeout
         while self.in_flight.get(upstream, 0) and time.monotonic() < deadline:
             time.sleep(0.05)
-        with self._lock:
-            self.draining.discard(upstream)
         return not self.in_flight.get(upstream, 0)
 
+    def forget(self, upstream: str) -> None:
+        """`upstream` is gone (stopped): a new member may get its address."""
+        with self._lock:
+            self.draining.discard(upstream)
+
     # -- requests ----------------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        """The activator's own health: probes must not wake a set at zero, nor keep it awake."""
+        return JSONResponse({"status": "ok", "ready_members": len(self.upstreams())})
+
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self._registry), media_type="text/plain; version=0.0.4")
 
@@ -149,8 +163,15 @@ class Activator:
     async def forward(self, request: Request) -> Response:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:
+            return _error(413, f"request body over {MAX_BODY} bytes", "body_too_large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return _error(413, f"request body over {MAX_BODY} bytes", "body_too_large")
         self.requests += 1
-        body = await request.body()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         deadline = time.monotonic() + self.hold_timeout
@@ -161,7 +182,7 @@ class Activator:
                 if upstream:
                     try:
                         req = self._client.build_request(
-                            request.method, upstream + path, headers=headers, content=body
+                            request.method, upstream + path, headers=headers, content=bytes(body)
                         )
                         resp = await self._client.send(req, stream=True)
                     except (httpx.ConnectError, httpx.ConnectTimeout):
@@ -173,25 +194,21 @@ class Activator:
                         raise
                     self.answered += 1
                     close = self._closer(resp, upstream)
-                    return StreamingResponse(
+                    return _Relayed(
                         self._relay(resp, close),
                         status_code=resp.status_code,
                         headers={k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP},
-                        background=BackgroundTask(close),
+                        close=close,
                     )
                 if time.monotonic() > deadline:
                     self.refused += 1
-                    return JSONResponse(
-                        {
-                            "error": {
-                                "message": f"no replica of {self.name} became ready within "
-                                f"{self.hold_timeout:g}s",
-                                "code": "cold_start_timeout",
-                            }
-                        },
-                        status_code=503,
-                        headers={"Retry-After": "30"},
-                    )
+                    msg = f"no replica of {self.name} became ready within {self.hold_timeout:g}s"
+                    return _error(503, msg, "cold_start_timeout")
+                if not holding and self.held >= MAX_HELD:
+                    self.refused += 1
+                    return _error(503, f"{self.held} requests already wait for {self.name}", "server_busy")
+                if holding and await request.is_disconnected():
+                    return Response(status_code=499)  # nobody to answer: stop holding it
                 if not holding:
                     holding = True
                     self.held += 1
@@ -226,6 +243,26 @@ class Activator:
                 yield chunk
         finally:
             await close()
+
+
+def _error(status: int, message: str, code: str) -> Response:
+    headers = {"Retry-After": "30"} if status == 503 else {}
+    return JSONResponse({"error": {"message": message, "code": code}}, status_code=status, headers=headers)
+
+
+class _Relayed(StreamingResponse):
+    """The member's answer, closed whatever happens: a client that leaves before the body starts
+    cancels the response before its body iterator or background task ever run."""
+
+    def __init__(self, content, *, close, **kw):
+        super().__init__(content, **kw)
+        self._close = close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()
 
 
 class _Requests:

@@ -17,6 +17,7 @@ class ApplyResult:
     writes: int = 0  # create/update/delete calls made
     applied: list[str] = field(default_factory=list)  # "Kind/name" written
     deleted: list[str] = field(default_factory=list)
+    pending: str = ""  # not done yet, and why (a member finishing its requests): the next pass goes on
 
 
 @dataclass

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..configs import TRAINING_KEY
 from ..planning import ObjectPlan, WorkspacePlan
 from ..progress_format import progress_from_dict
 from ..status import JobState, NodeState, Observation
-from .activator import HOLD_TIMEOUT, Activator
+from .activator import DRAIN_MAX, HOLD_TIMEOUT, Activator
 from .base import ApplyResult, ObjectsResult, WorkspaceKey
 from .local_objects import LocalObjects
 
@@ -133,6 +134,7 @@ class Workload:
     stop: threading.Event = field(default_factory=threading.Event)
     progress_file: Path | None = None
     set_key: tuple[str, str] | None = None  # the InferenceSet it is a member of
+    drain_since: float = 0.0  # monotonic time its set's activator stopped sending it requests
 
     @property
     def endpoint(self) -> str:
@@ -195,6 +197,8 @@ class LocalTarget:
             current = self.workloads.get(plan.key)
         if current is not None and current.signature == signature:
             return ApplyResult()
+        if current is not None and not self._drained(current):
+            return ApplyResult(pending="finishing its requests before it is replaced")
         if current is not None:
             self._stop(current)
         workload = self._workload(plan, signature, current)
@@ -221,12 +225,13 @@ class LocalTarget:
 
     def remove(self, key: WorkspaceKey) -> tuple[bool, ApplyResult]:
         with self._lock:
-            workload = self.workloads.pop(key, None)
+            workload = self.workloads.get(key)
         if workload is None:
             return True, ApplyResult()
-        activator = self.activators.get(workload.set_key) if workload.set_key else None
-        if activator is not None and workload.port:  # a member scaled away finishes what it has first
-            activator.drain(workload.endpoint)
+        if not self._drained(workload):
+            return False, ApplyResult(pending="finishing its requests before it stops")
+        with self._lock:
+            self.workloads.pop(key, None)
         self._stop(workload)
         (workload.folder / "endpoint.json").unlink(missing_ok=True)
         log.info("stopped", workspace=f"{key[0]}/{key[1]}")
@@ -319,6 +324,30 @@ class LocalTarget:
             load = read_load(http, urls)
         act = self.activators.get(s.key)
         return replace(load, held=act.held, requests=act.requests) if act else load
+
+    def _drained(self, w: Workload) -> bool:
+        """Whether a set member may be stopped now: its activator sends it nothing more, and it has
+        answered what it had (or DRAIN_MAX has passed). Never blocks a pass: a waiter pokes the
+        daemon once it is done."""
+        activator = self.activators.get(w.set_key) if w.set_key else None
+        if activator is None or not w.port:
+            return True
+        if activator.drain(w.endpoint) or (w.drain_since and time.monotonic() - w.drain_since > DRAIN_MAX):
+            w.state = "Stopping"  # out of the activator's upstreams before its address is freed
+            activator.forget(w.endpoint)
+            return True
+        if not w.drain_since:
+            w.drain_since = time.monotonic()
+            log.info(
+                "draining", workspace=f"{w.key[0]}/{w.key[1]}", in_flight=activator.in_flight.get(w.endpoint)
+            )
+
+            def wait() -> None:
+                activator.drained(w.endpoint)
+                self.on_change()
+
+            threading.Thread(target=wait, daemon=True, name=f"drain-{w.key[1]}").start()
+        return False
 
     def _ready_members(self, set_key: tuple[str, str]) -> list[str]:
         with self._lock:

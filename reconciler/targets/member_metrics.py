@@ -28,16 +28,17 @@ def gauges(text: str, names: tuple[str, ...]) -> dict[str, float]:
 
 
 def read_load(http: httpx.Client, members: list[str], activator: str = "") -> Load:
-    """Ask each member's /metrics (URLs of ready members) and the activator's; a member that does not
-    answer is not counted ready (it may be starting, or dying)."""
+    """Ask each member's /metrics (URLs of ready members) and the activator's. One that does not
+    answer is not counted ready, and counted `unread`: the set is not scaled down on that figure."""
     running = queued = held = requests = 0.0
-    ready = 0
+    ready = unread = 0
     for url in members:
         try:
             r = http.get(url.rstrip("/") + "/metrics", timeout=TIMEOUT)
             r.raise_for_status()
             g = gauges(r.text, (RUNNING, QUEUED))
         except (httpx.HTTPError, ValueError):
+            unread += 1
             continue
         running, queued, ready = running + g[RUNNING], queued + g[QUEUED], ready + 1
     if activator:
@@ -47,5 +48,5 @@ def read_load(http: httpx.Client, members: list[str], activator: str = "") -> Lo
             g = gauges(r.text, (HELD, REQUESTS))
             held, requests = g[HELD], g[REQUESTS]
         except (httpx.HTTPError, ValueError):
-            pass
-    return Load(running=running, queued=queued, held=held, ready=ready, requests=requests)
+            unread += 1
+    return Load(running=running, queued=queued, held=held, ready=ready, requests=requests, unread=unread)
