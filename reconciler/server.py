@@ -8,19 +8,16 @@ webhooks only to the replica that acts on them.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable
 
 import structlog
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .source.webhook import Answer, PullRequestEvent, PushEvent, WebhookReceiver
+from .threaded_server import ThreadedServer
 
 log = structlog.get_logger("kaito_gitops.server")
 
@@ -58,42 +55,18 @@ class OpsServer:
                 Route("/webhook", self.webhook, methods=["POST"]),
             ]
         )
-        self.config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            timeout_keep_alive=5,
-            limit_concurrency=256,
-        )
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, name="ops-server", daemon=True)
+        self.http = ThreadedServer(app, host=host, port=port, name="ops server", limit_concurrency=256)
 
     def start(self, timeout: float = 10.0) -> OpsServer:
-        # bind once ourselves first: uvicorn reports a busy port only in its log, then exits its thread
-        if self.config.port:
-            with socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((self.config.host, self.config.port))
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not self.server.started:
-            raise RuntimeError(f"the ops server did not start on port {self.config.port}")
+        self.http.start(timeout)
         return self
 
     @property
     def port(self) -> int:
-        for s in self.server.servers:
-            for sock in s.sockets:
-                return sock.getsockname()[1]
-        return self.config.port
+        return self.http.port
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.http.stop()
 
     async def healthz(self, request: Request) -> Response:
         ok = self._healthy()

@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable
 
 import httpx
 import structlog
-import uvicorn
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from ..threaded_server import ThreadedServer
 
 log = structlog.get_logger("kaito_gitops.activator")
 
@@ -83,41 +83,24 @@ class Activator:
                 Route("/{path:path}", self.forward, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
             ]
         )
-        self.config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=5
-        )
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, name=f"activator-{name}", daemon=True)
+        self.http = ThreadedServer(app, host=host, port=port, name=f"activator of {name}")
         self._client: httpx.AsyncClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> Activator:
-        if self.config.port:  # uvicorn reports a busy port only in its log
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((self.config.host, self.config.port))
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not self.server.started:
-            raise RuntimeError(f"the activator of {self.name} did not start on port {self.config.port}")
+        self.http.start(timeout)
         return self
 
     @property
-    def port(self) -> int:
-        for s in self.server.servers:
-            for sock in s.sockets:
-                return sock.getsockname()[1]
-        return self.config.port
+    def endpoint(self) -> str:
+        return f"http://{self.http.config.host}:{self.http.port}"
 
     @property
-    def endpoint(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
+    def port(self) -> int:
+        return self.http.port
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.http.stop()
 
     def drain(self, upstream: str) -> bool:
         """Send nothing more to `upstream`; True once it has no request of ours left."""
@@ -289,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     act = Activator(
         a.name, host=a.host, port=a.port, upstreams=lambda: [a.upstream], hold_timeout=a.hold_timeout
     )
-    act.server.run()
+    act.http.server.run()
     return 0
 
 

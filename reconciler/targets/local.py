@@ -34,6 +34,7 @@ from ..configs import TRAINING_KEY
 from ..planning import ObjectPlan, WorkspacePlan
 from ..progress_format import progress_from_dict
 from ..status import JobState, NodeState, Observation
+from ..threaded_server import port_is_free
 from .activator import DRAIN_MAX, HOLD_TIMEOUT, Activator
 from .base import ApplyResult, ObjectsResult, WorkspaceKey
 from .local_objects import LocalObjects
@@ -358,12 +359,9 @@ class LocalTarget:
     def _set_port(self, folder: Path) -> int:
         try:
             port = int(json.loads((folder / "activator.json").read_text())["port"])
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", port))
-            return port
         except (OSError, ValueError, KeyError, TypeError):
             return free_port()
+        return port if port_is_free("127.0.0.1", port) else free_port()
 
     def _stop_activator(self, key: tuple[str, str]) -> None:
         self.activators.pop(key).stop()
@@ -555,15 +553,7 @@ class LocalTarget:
 
     def _reuse_port(self, key: WorkspaceKey) -> int:
         port = self._ports.pop(key, 0)
-        if port:
-            with socket.socket() as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds it
-                try:
-                    s.bind(("127.0.0.1", port))
-                    return port
-                except OSError:
-                    pass  # taken by something else meanwhile
-        return free_port()
+        return port if port and port_is_free("127.0.0.1", port) else free_port()  # unless taken meanwhile
 
     @staticmethod
     def _last_line(path: Path) -> str:
