@@ -44,9 +44,9 @@ class ScaleEvent:
 
 @dataclass
 class SetScale:
-    """One set's autoscaling state: its count, the window of recent figures, what it saved."""
+    """One set's autoscaling state (its count is the daemon's): the window of recent figures, what
+    it saved, its last event and cold start."""
 
-    count: int
     window: deque = field(default_factory=deque)  # (monotonic time, replicas wanted then)
     last_event: ScaleEvent | None = None
     gpu_seconds_saved: float = 0.0  # against running max-replicas all the time
@@ -65,19 +65,19 @@ def wanted(scaling: Scaling, load: Load) -> int:
     return min(scaling.max_replicas, max(scaling.min_replicas, n))
 
 
-def decide(scaling: Scaling, state: SetScale, load: Load, now: float) -> tuple[int, str]:
-    """The count to run now and why ('' when it stays). Updates the window in `state`."""
+def decide(scaling: Scaling, state: SetScale, count: int, load: Load, now: float) -> tuple[int, str]:
+    """The count to run now instead of `count`, and why ('' when it stays). Updates the window in `state`."""
     want = wanted(scaling, load)
     if state.watched_since is None:
         state.watched_since = now
     state.window.append((now, want))
     while state.window and state.window[0][0] < now - scaling.scale_down_after:
         state.window.popleft()
-    current = min(scaling.max_replicas, max(scaling.min_replicas, state.count))
+    current = min(scaling.max_replicas, max(scaling.min_replicas, count))
     if want > current:
         return want, (
             f"{load.in_flight:g} request(s) in flight, target {scaling.target_queue:g} per replica"
-            if state.count
+            if count
             else f"{load.in_flight:g} request(s) waiting with no replica running"
         )
     peak = max(w for _, w in state.window)
@@ -87,9 +87,9 @@ def decide(scaling: Scaling, state: SetScale, load: Load, now: float) -> tuple[i
         if peak == 0:
             return 0, f"no request for {window}"
         return peak, f"at most {peak} replica(s) needed in the last {window}"
-    if current != state.count:  # the bounds moved in git
+    if current != count:  # the bounds moved in git
         return current, f"bounds are {scaling.min_replicas}-{scaling.max_replicas}"
-    return state.count, ""
+    return count, ""
 
 
 def saved(scaling: Scaling, count: int, gpus_per_replica: int, seconds: float) -> float:

@@ -45,7 +45,6 @@ from .status import (
 )
 from .targets.base import Target
 from .validation import Revision, validate_sources, with_settings
-from .workspace import Workspace
 
 log = structlog.get_logger("kaito_gitops.daemon")
 
@@ -184,7 +183,7 @@ class Daemon:
         self.scaling: dict[tuple[str, str], SetScale] = {}  # the autoscaler's state, shown in status
         self._in_git: tuple[dict, set] = ({}, set())  # desired and present as git has them, before counts
         self._member_plans: dict = {}  # plans of members beyond spec.replicas, by plan_cache_key
-        self._set_max: dict[tuple[str, str], int] = {}  # each autoscaled set's max-replicas
+        self._scaled_away: set[WorkspaceKey] = set()  # members a set may run but does not now
         self._budget_stops: dict[tuple[str, str], int] = {}  # sets a budget keeps below their count
         self.set_endpoints: dict[tuple[str, str], str] = {}  # each InferenceSet's one endpoint
         # template rollouts across set members (rollout.py): what each member last had applied, what
@@ -335,7 +334,6 @@ class Daemon:
         }
         for key in [k for k in self.set_counts if k not in sets and k not in held]:
             del self.set_counts[key]
-            self._set_max.pop(key, None)
         for key in held:
             running = {k: p for k, p in self.desired.items() if p.workspace.set_key == key}
             for k in [k for k, p in desired.items() if p.workspace.set_key == key and k not in running]:
@@ -348,7 +346,6 @@ class Daemon:
         for key, s in sets.items():
             lo, hi = s.scaling.min_replicas, s.scaling.max_replicas
             count = self.set_counts[key] = min(hi, max(lo, self.set_counts.get(key, s.replicas)))
-            self._set_max[key] = hi
             for i in range(count, s.replicas):
                 k = (s.namespace, s.member_name(i))
                 desired.pop(k, None)
@@ -373,6 +370,11 @@ class Daemon:
                 present.add(k)
             else:
                 self._budget_stops.pop(key, None)
+        self._scaled_away = {
+            (s.namespace, s.member_name(i))
+            for key, s in {**sets, **held}.items()
+            for i in range(self.set_counts[key], s.scaling.max_replicas)
+        } - set(desired)
         if fresh:
             self._member_plans = used
         else:
@@ -380,7 +382,7 @@ class Daemon:
         return desired, present
 
     def _member_plan(self, validated, rev: str, s, index: int, used: dict) -> WorkspacePlan:
-        ws = replace(Workspace.read(inferenceset.member_document(s, index), s.namespace), set_name=s.name)
+        ws = inferenceset.member(s, index)
         settings = replace(self.render, revision=rev[:12])
         byo = self._byo_skus.get(ws.key)
         ckey = plan_cache_key(ws, validated.configmaps, settings, byo)
@@ -393,25 +395,12 @@ class Daemon:
         return plan
 
     def member_gpus(self, s) -> int:
-        """GPUs one member of set `s` takes (0 on bring-your-own nodes we do not pay for)."""
-        for i in range(max(s.replicas, 1)):
-            plan = self.desired.get((s.namespace, s.member_name(i))) or self.last_good.get(
-                (s.namespace, s.member_name(i))
-            )
-            if plan is not None:
-                return plan.gpus
-        if self.validated is None:
-            return 0
-        return self._member_plan(self.validated, self.revision, s, 0, self._member_plans).gpus  # cached
+        """GPUs one member of set `s` takes (the plan is cached: the autoscaler asks every tick)."""
+        return self._member_plan(self.validated, self.revision, s, 0, self._member_plans).gpus
 
     def beyond_count(self, key: WorkspaceKey) -> bool:
         """A member the autoscaler scaled away: removing it is deliberate, never an accident."""
-        for (ns, name), count in self.set_counts.items():
-            tail = key[1][len(name) + 1 :]
-            member = key[0] == ns and key[1].startswith(name + "-") and tail.isdigit()
-            if member and count <= int(tail) < self._set_max.get((ns, name), 0):
-                return True
-        return False
+        return key in self._scaled_away
 
     def _removals(self, prev: str, rev: str) -> dict[str, str]:
         """How files left git between two revisions (path -> where it moved, "" if deleted)."""
@@ -644,9 +633,10 @@ class Daemon:
         plans, rollouts = {}, {}
         by_set: dict[tuple[str, str], list] = {}
         for key, plan in self.desired.items():
-            tail = key[1].rpartition("-")[2]
-            if plan.workspace.set_key is not None and tail.isdigit():
-                by_set.setdefault(plan.workspace.set_key, []).append((int(tail), key))
+            if plan.workspace.set_key is not None:
+                by_set.setdefault(plan.workspace.set_key, []).append(
+                    (inferenceset.member_index(plan.workspace), key)
+                )
         sets = {s.key: s for s in (self.validated.inference_sets if self.validated else [])}
         for set_key, members in by_set.items():
             if set_key not in sets:

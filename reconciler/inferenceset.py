@@ -18,13 +18,13 @@ Autoscaling bounds are annotations on the set (docs/inferenceset.md); they defau
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import __version__
 from .findings import Finding, Severity
 from .loading import Document, Positions
 from .rollout import Strategy, strategy
-from .workspace import SET_LABELS
+from .workspace import SET_LABELS, Workspace
 
 KIND = "InferenceSet"
 API_VERSIONS = ("kaito.sh/v1alpha1", "kaito.sh/v1beta1")
@@ -358,6 +358,17 @@ def set_path(path: tuple) -> tuple:
         if tuple(path[: len(member)]) == member:
             return (*in_set, *path[len(member) :])
     return tuple(path)
+
+
+def member(s: InferenceSet, index: int) -> Workspace:
+    """Member `index`: the Workspace Kaito's controller would make for it, at the set's lines."""
+    return replace(Workspace.read(member_document(s, index), s.namespace), set_name=s.name)
+
+
+def member_index(ws: Workspace) -> int:
+    """A member's index in its set (-1 for a workspace of no set)."""
+    tail = ws.name[len(ws.set_name) + 1 :]
+    return int(tail) if ws.set_name and tail.isdigit() else -1
 
 
 def member_document(s: InferenceSet, index: int) -> Document:

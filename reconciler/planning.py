@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from .catalog import Catalog, Model, Sku, load_catalog
 from .companions import KubeObject, ObjectKey, desired_body
 from .configs import TRAINING_KEY, merge_training_config, server_config_for
+from .inferenceset import member
 from .render import inference as render_inference
 from .render import tuning as render_tuning
 from .render.common import ANNOTATION_OBJECT_HASH, RenderSettings, stamp
@@ -266,11 +267,9 @@ def plan_revision(
                 ws, catalog=catalog, configmaps=rev.configmaps, settings=settings, byo_sku=byo_sku
             )
         state.plans[key] = used[ckey] = plan
-    for s in rev.inference_sets:
+    for s in rev.inference_sets:  # no replica in git: one member's plan, to show, never to apply
         if s.name and s.replicas == 0 and s.key not in rev.held_sets:
-            from .inferenceset import member_document
-
-            ws = replace(Workspace.read(member_document(s, 0), s.namespace), set_name=s.name)
+            ws = member(s, 0)
             state.set_templates[s.key] = plan_workspace(
                 ws,
                 catalog=catalog,

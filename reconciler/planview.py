@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from .capacity import CapacityReport
 from .capacity import text_lines as capacity_lines
 from .companions import key_text
+from .inferenceset import member_index
 from .plandiff import CompanionChange, PlanDiff, WorkspaceChange
 from .planning import WorkspacePlan
 
@@ -199,8 +200,7 @@ class SetChange:
 
     def members_text(self, most: int = 6) -> str:
         def index(c) -> int:
-            tail = c.key[1].rpartition("-")[2]
-            return int(tail) if tail.isdigit() else -1
+            return member_index((c.after or c.before).workspace)
 
         names = [f"{SIGN[c.action]} {c.key[1]}" for c in sorted(self.members, key=index)]
         if not names:

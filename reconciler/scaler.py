@@ -73,15 +73,14 @@ class Scaler:
             load = d.target.set_load(s, members)
             if load is None:
                 continue
-            self._step(s, states.setdefault(s.key, SetScale(count)), count, load)
+            self._step(s, states.setdefault(s.key, SetScale()), count, load)
 
     def _step(self, s, state: SetScale, count: int, load: Load) -> None:
         d, now = self.daemon, self.clock()
         ns, name = s.key
         last = self._last.get(s.key, now)
         self._last[s.key] = now
-        state.gpu_seconds_saved += saved(s.scaling, state.count, d.member_gpus(s), now - last)
-        state.count = count
+        state.gpu_seconds_saved += saved(s.scaling, count, d.member_gpus(s), now - last)
         if state.requests_seen is not None and load.requests >= state.requests_seen:
             load = replace(load, arrived=load.requests - state.requests_seen)
         state.requests_seen = load.requests
@@ -101,13 +100,12 @@ class Scaler:
                 unread=load.unread,
             )
         state.unread = load.unread
-        new, why = decide(s.scaling, state, load, now)
+        new, why = decide(s.scaling, state, count, load, now)
         d.metrics.gpu_hours_saved.labels(namespace=ns, inferenceset=name).set(state.gpu_seconds_saved / 3600)
         d.metrics.set_replicas.labels(namespace=ns, inferenceset=name).set(new)
         if new == count:
             return
         state.last_event = ScaleEvent(time.time(), count, new, why)
-        state.count = new
         direction = "up" if new > count else "down"
         d.metrics.scale_events.labels(namespace=ns, inferenceset=name, direction=direction).inc()
         log.info(

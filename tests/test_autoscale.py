@@ -34,39 +34,35 @@ def test_wanted_is_requests_in_flight_over_the_target_within_the_bounds():
 
 
 def test_up_is_at_once_and_down_waits_for_the_whole_window_at_the_window_peak():
-    state = SetScale(count=0)
-    assert decide(ZERO_TO_THREE, state, Load(held=2), 0.0) == (
+    state = SetScale()
+    assert decide(ZERO_TO_THREE, state, 0, Load(held=2), 0.0) == (
         1,
         "2 request(s) waiting with no replica running",
     )
-    state.count = 1
-    n, why = decide(ZERO_TO_THREE, state, Load(running=6), 1.0)
+    n, why = decide(ZERO_TO_THREE, state, 1, Load(running=6), 1.0)
     assert (n, why) == (3, "6 request(s) in flight, target 2 per replica")
-    state.count = 3
     # a lull: nothing in flight, but the window still holds the burst
-    assert decide(ZERO_TO_THREE, state, Load(), 30.0) == (3, "")
-    assert decide(ZERO_TO_THREE, state, Load(running=2), 50.0) == (3, "")
+    assert decide(ZERO_TO_THREE, state, 3, Load(), 30.0) == (3, "")
+    assert decide(ZERO_TO_THREE, state, 3, Load(running=2), 50.0) == (3, "")
     # the burst leaves the window; the later moment that needed one replica is still in it
-    n, why = decide(ZERO_TO_THREE, state, Load(), 62.0)
+    n, why = decide(ZERO_TO_THREE, state, 3, Load(), 62.0)
     assert (n, why) == (1, "at most 1 replica(s) needed in the last 1m0s")
-    state.count = 1
-    assert decide(ZERO_TO_THREE, state, Load(), 100.0) == (1, "")
-    assert decide(ZERO_TO_THREE, state, Load(), 111.0) == (0, "no request for 1m0s")
+    assert decide(ZERO_TO_THREE, state, 1, Load(), 100.0) == (1, "")
+    assert decide(ZERO_TO_THREE, state, 1, Load(), 111.0) == (0, "no request for 1m0s")
 
 
 def test_no_scaling_down_while_a_member_load_cannot_be_read():
-    state = SetScale(count=2)
-    assert decide(ZERO_TO_THREE, state, Load(unread=1), 0.0) == (2, "")
-    assert decide(ZERO_TO_THREE, state, Load(unread=1), 100.0) == (2, "")
-    assert decide(ZERO_TO_THREE, state, Load(), 101.0)[0] == 0
+    state = SetScale()
+    assert decide(ZERO_TO_THREE, state, 2, Load(unread=1), 0.0) == (2, "")
+    assert decide(ZERO_TO_THREE, state, 2, Load(unread=1), 100.0) == (2, "")
+    assert decide(ZERO_TO_THREE, state, 2, Load(), 101.0)[0] == 0
 
 
 def test_a_count_outside_new_bounds_is_brought_inside_them_and_nothing_scales_down_before_a_window():
-    state = SetScale(count=5)
-    assert decide(Scaling(1, 3, 2, 60), state, Load(), 0.0) == (3, "bounds are 1-3")
-    state.count = 3
-    assert decide(Scaling(1, 3, 2, 60), state, Load(), 59.0) == (3, ""), "a restart is not an idle window"
-    assert decide(Scaling(1, 3, 2, 60), state, Load(), 60.0)[0] == 1
+    state = SetScale()
+    assert decide(Scaling(1, 3, 2, 60), state, 5, Load(), 0.0) == (3, "bounds are 1-3")
+    assert decide(Scaling(1, 3, 2, 60), state, 3, Load(), 59.0) == (3, ""), "a restart is not an idle window"
+    assert decide(Scaling(1, 3, 2, 60), state, 3, Load(), 60.0)[0] == 1
 
 
 def test_gpu_seconds_saved_are_against_running_max_all_the_time():

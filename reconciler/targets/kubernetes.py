@@ -414,11 +414,8 @@ class KubernetesTarget:
             for key in members
             if (svc := self.service(key)) is not None and self.rolled_out(key)
         ]
-        activator = ""
-        if scales_to_zero(s):
-            name = s.name
-            svc = {"metadata": {"name": name, "namespace": s.namespace}, "spec": {"ports": [{"port": 80}]}}
-            activator = service_url(self.api_client, svc, self.reach)
+        front = self.companions.live.get(("Service", s.namespace, s.name)) if scales_to_zero(s) else None
+        activator = service_url(self.api_client, front, self.reach) if front is not None else ""
         with httpx.Client(**(http_options(self.api_client) if self.reach == "proxy" else {})) as http:
             return read_load(http, urls, activator)
 

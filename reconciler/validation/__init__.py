@@ -141,10 +141,7 @@ def _read_set(rev, doc, schema_cache, namespace, ws_docs, object_docs, set_membe
         s, own = inferenceset.read(doc, namespace)
         broken = any(f.is_error and f.rule.startswith("schema") for f in found)
         count = 0 if broken else (1 if any(f.is_error for f in found + own) else max(s.replicas, 1))
-        members = [
-            replace(Workspace.read(inferenceset.member_document(s, i), namespace), set_name=s.name)
-            for i in range(count)
-        ]
+        members = [inferenceset.member(s, i) for i in range(count)]
         hit = schema_cache[key] = (s, found + own, members)
     s, found, members = hit
     rev.inference_sets.append(s)
