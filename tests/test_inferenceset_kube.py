@@ -10,41 +10,32 @@ text format stand in for the activator and the members behind their Services.
 from __future__ import annotations
 
 import contextlib
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pytest_httpserver import HTTPServer
 from support.wait import run_passes_until
 from test_daemon_kube import make
 from test_eval_preview_cluster import cluster  # noqa: F401 - the doubles with pools and pods that come up
 from test_inferenceset_local import SET
+from werkzeug import Response
 
 from reconciler.provisioners.aks import AksProvisioner
 from reconciler.scaler import Scaler
 
 
-class _Metrics(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        body = "".join(f"{k} {v}\n" for k, v in self.server.values.items()).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @contextlib.contextmanager
 def exporting(**values):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    """A Prometheus text endpoint (pytest-httpserver) whose figures the test changes as it goes."""
+    server = HTTPServer()
     server.values = {k.replace("__", ":"): v for k, v in values.items()}
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.expect_request("/metrics").respond_with_handler(
+        lambda _: Response("".join(f"{k} {v}\n" for k, v in server.values.items()), content_type="text/plain")
+    )
+    server.start()
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.clear()
+        server.stop()
 
 
 def statefulsets(kube):
@@ -107,7 +98,7 @@ def test_member_statefulsets_services_and_pools_follow_the_autoscaler_from_zero_
         exporting(sglang__num_running_reqs=0, sglang__num_queue_reqs=0) as m2,
     ):
         for name, server in (("smol", activator), ("smol-0", m0), ("smol-1", m1), ("smol-2", m2)):
-            kube.set_service_backend("default", name, f"127.0.0.1:{server.server_port}")
+            kube.set_service_backend("default", name, f"127.0.0.1:{server.port}")
         scaler.tick()
         assert d.count_of(("default", "smol")) == 0, "no request, no member"
 
