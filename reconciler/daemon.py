@@ -712,7 +712,7 @@ class Daemon:
             self._record(key, obs, resource)
             if writes:
                 self._unsettled.add(key)
-            elif self.statuses[key].state == "Ready" and self._rolled_out(key):
+            elif key in self._unsettled and self.statuses[key].state == "Ready" and self._rolled_out(key):
                 self._unsettled.discard(key)
             self.metrics.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - t0)
             return writes, False
